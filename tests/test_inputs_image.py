@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -123,16 +124,28 @@ def test_blender_pixels_are_flipped_to_top_row_first():
         from_blender_pixels(blender_flat, width=64, height=40)
 
 
+def text_file_named_png(folder):
+    path = folder / "notes.png"
+    path.write_text("not pixels")
+    return path
+
+
+def one_pixel_png(folder):
+    path = folder / "dot.png"
+    Image.new("RGB", (1, 1)).save(path)
+    return path
+
+
 @pytest.mark.parametrize(
     "make_source, message",
     [
-        (lambda tmp: tmp / "missing.png", "not found"),
-        (lambda tmp: (tmp / "notes.png").write_text("not pixels") and tmp / "notes.png", "not a readable image"),
-        (lambda tmp: Image.new("RGB", (1, 1)).save(tmp / "dot.png") or tmp / "dot.png", "1 x 1 px"),
-        (lambda tmp: np.zeros((20, 100, 3), np.uint8), "100 x 20 px"),
-        (lambda tmp: np.zeros((0, 0, 3), np.uint8), "empty"),
-        (lambda tmp: np.zeros((40, 40, 2), np.uint8), "shape"),
-        (lambda tmp: np.zeros((40, 40, 3), np.int64), "dtype"),
+        (lambda folder: folder / "missing.png", "not found"),
+        (text_file_named_png, "not a readable image"),
+        (one_pixel_png, "1 x 1 px"),
+        (lambda folder: np.zeros((20, 100, 3), np.uint8), "100 x 20 px"),
+        (lambda folder: np.zeros((0, 0, 3), np.uint8), "empty"),
+        (lambda folder: np.zeros((40, 40, 2), np.uint8), "shape"),
+        (lambda folder: np.zeros((40, 40, 3), np.int64), "dtype"),
     ],
     ids=["missing", "not-an-image", "1x1", "too-small", "empty", "two-channels", "int64"],
 )
@@ -184,13 +197,13 @@ def test_person_off_centre_on_a_larger_noisy_photo_is_found_and_centred(shared_d
     person = load_image(shared_data / "images" / "img1.png")
     person_mask = load_mask(shared_data / "images" / "img1_mask.png", like=person)
     canvas = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    left, top = 360, 200
+    region = (slice(200, 456), slice(360, 616))
     alpha = person_mask[:, :, None]
-    canvas[top : top + 256, left : left + 256] = person * alpha + canvas[top : top + 256, left : left + 256] * (1 - alpha)
+    canvas[region] = person * alpha + canvas[region] * (1 - alpha)
 
     detection = find_person(canvas)
     expected = np.zeros(canvas.shape[:2], np.float32)
-    expected[top : top + 256, left : left + 256] = person_mask
+    expected[region] = person_mask
     assert iou(detection.mask, expected) >= 0.9
 
     crop = crop_person(canvas, detection.mask)
@@ -198,6 +211,15 @@ def test_person_off_centre_on_a_larger_noisy_photo_is_found_and_centred(shared_d
     cols = np.flatnonzero((crop.mask >= 0.5).any(axis=0))
     assert abs((rows[-1] + 1 - rows[0]) - 233) <= 2  # the paper's person height
     assert abs((rows[0] + rows[-1] + 1) / 2 - 128) <= 1.5 and abs((cols[0] + cols[-1] + 1) / 2 - 128) <= 1.5
+
+
+def test_find_person_from_several_threads(shared_data):
+    photos = [load_image(shared_data / "images" / f"img{number}.png") for number in (1, 2)]
+    alone = [find_person(photo).mask for photo in photos]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda photo: find_person(photo).mask, photos))
+    for mask_alone, mask_together in zip(alone, together):
+        assert (mask_alone == mask_together).all()
 
 
 @pytest.mark.parametrize(
@@ -265,6 +287,19 @@ def test_regions_outside_the_photo_are_black_and_the_transform_round_trips():
 
     restored = CropTransform.from_dict(json.loads(json.dumps(crop.transform.to_dict())))
     assert restored == crop.transform
+
+
+@pytest.mark.parametrize("box_height", [90, 700], ids=["enlarged", "shrunk"])
+def test_a_photo_point_lands_where_the_transform_says(box_height):
+    """The brightness centroid of a small spot moves exactly as `photo_to_crop` maps its centre."""
+    photo = np.zeros((800, 600, 3), np.uint8)
+    spot_x, spot_y = 281, 101  # the spot covers pixels 280..282 x 100..102, centre (281.5, 101.5)
+    photo[spot_y - 1 : spot_y + 2, spot_x - 1 : spot_x + 2] = 255
+    crop = crop_person(photo, box_mask(800, 600, top=50, left=250, box_height=box_height, box_width=60))
+    brightness = crop.image[:, :, 0].astype(float)
+    rows, columns = np.mgrid[0:256, 0:256] + 0.5
+    centroid = [(brightness * columns).sum() / brightness.sum(), (brightness * rows).sum() / brightness.sum()]
+    np.testing.assert_allclose(centroid, crop.transform.photo_to_crop([spot_x + 0.5, spot_y + 0.5]), atol=0.05)
 
 
 def test_crop_errors():

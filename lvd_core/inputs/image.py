@@ -190,7 +190,9 @@ class PersonCrop:
     transform: CropTransform
 
 
-def crop_person(rgb: np.ndarray, mask: np.ndarray, size: int = NETWORK_SIZE_PX, margin: float = CROP_MARGIN) -> PersonCrop:
+def crop_person(
+    rgb: np.ndarray, mask: np.ndarray, size: int = NETWORK_SIZE_PX, margin: float = CROP_MARGIN
+) -> PersonCrop:
     """The paper's crop: a square `margin` x the larger side of the mask's box, centred on the box, on black,
     resized to size x size px."""
     if mask.shape != rgb.shape[:2]:
