@@ -1,0 +1,120 @@
+"""Anny (NAVER LABS, Apache-2.0 code, CC0 MakeHuman data): the open default body and hand models.
+
+We use anny for the shape (phenotypes -> rest mesh and bone heads, its own nonlinear map) and for the bones'
+rest frames, and pose with the shared SMPL-style kinematics of `base.py` (world-aligned local rotations about
+each bone head, dense LBS). That equals anny's own skinning exactly (tested against `anny.Anny` with
+`pose_parameterization="world"`), needs no warp-lang, and is fast enough to fit with.
+
+Warp-lang is not installed: anny's dense "lbs" skinning is the same maths, and warp costs 392 MB, a 3 s
+kernel compile per dtype on first use and a cache folder, for a 2x faster forward we do not use here.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .anny_data import ANNY_VARIANTS, model_data_path
+from .base import BodyModel, BodyModelError, BodyOutput, BodyParams
+
+
+def _load_anny(variant: str):
+    """The anny model of `variant`, built from our shipped compact data (milliseconds, no cache folder)."""
+    import anny
+    from anny.models.model_data import ModelData
+
+    path = model_data_path(variant)
+    if not path.exists():
+        raise BodyModelError(
+            f"Anny model data {path} is missing: it ships with LVD; rebuild it with `python -m lvd_core.body.anny_data`"
+        )
+    orientation = json.loads(path.with_suffix(".json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anny warns that warp is absent; dense LBS is our choice
+        return anny.Anny.from_model_data(
+            ModelData.load_safetensors(path),
+            skinning_method="lbs",
+            pose_parameterization="world",
+            **orientation,
+        )
+
+
+def _dense_weights(indices: Tensor, weights: Tensor, joint_count: int) -> Tensor:
+    """Sparse skinning (V, K) indices and weights -> dense (V, J)."""
+    dense = torch.zeros(indices.shape[0], joint_count, dtype=weights.dtype)
+    dense.scatter_add_(1, indices.long(), weights)
+    return dense
+
+
+class AnnyBody(BodyModel):
+    """Anny full body (13,718 vertices, 104 bones, Z-up) or one hand (1,609 vertices, 21 bones).
+
+    shape: the 6 phenotypes (gender, age, muscle, weight, height, proportions), each in [0, 1].
+    Hands are re-centred: anny places them at the body's wrist; we move the neutral hand's vertex mean to the
+    origin (`origin_offset` holds the shift, so `anny_vertices = ours + origin_offset`).
+    """
+
+    def __init__(self, variant: str = "anny"):
+        super().__init__()
+        if variant not in ANNY_VARIANTS:
+            raise BodyModelError(f"unknown Anny variant {variant!r}; expected one of {sorted(ANNY_VARIANTS)}")
+        self.name = variant
+        self.up_axis = "z"
+        self.anny = _load_anny(variant)
+        m = self.anny
+        self.faces = m.get_triangular_faces().cpu().numpy().astype(np.int64)
+        self.joint_names = list(m.bone_labels)
+        self.parents = np.array([-1] + [int(p) for p in m.bone_parents[1:]], dtype=np.int64)
+        self.shape_names = list(m.phenotype_labels)
+        self.shape_bounds = (0.0, 1.0)
+        self._init_tree()
+        self.register_buffer(
+            "skinning_weights", _dense_weights(m.vertex_bone_indices, m.vertex_bone_weights, len(self.joint_names))
+        )
+        offset = torch.zeros(3, dtype=self.skinning_weights.dtype)
+        if variant != "anny":
+            offset = m.get_rest_vertices(self._coefficients(self.default_shape()[None]))[0].mean(0)
+        self.register_buffer("origin_offset", offset)
+
+    def default_shape(self) -> Tensor:
+        return torch.full((self.shape_size,), 0.5, dtype=self.dtype, device=self.device)
+
+    def _coefficients(self, shape: Tensor) -> Tensor:
+        """phenotypes (B, 6) -> anny's blendshape coefficients (B, K) (piecewise-linear, nonlinear overall)."""
+        empty = shape.new_zeros(shape.shape[0], 0)
+        return self.anny._get_phenotype_blendshape_coefficients(shape, empty, empty)
+
+    def _rest_from_coefficients(self, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+        from anny.skinning.skinning import apply_linear_blendshape
+
+        m = self.anny
+        vertices = m.get_rest_vertices(coeffs) - self.origin_offset
+        heads = apply_linear_blendshape(m.template_bone_heads, m.bone_heads_blendshapes, coeffs) - self.origin_offset
+        return vertices, heads
+
+    def rest_vertices(self, shape: Tensor) -> Tensor:
+        return self._rest_from_coefficients(self._coefficients(shape))[0]
+
+    def rest_joints(self, shape: Tensor) -> Tensor:
+        return self._rest_from_coefficients(self._coefficients(shape))[1]
+
+    def rest_bone_orientations(self, shape: Tensor) -> Tensor:
+        return self.anny.get_rest_model(self._coefficients(shape))["rest_bone_poses"][..., :3, :3]
+
+    def _posed(self, params: BodyParams) -> BodyOutput:
+        rest_v, rest_j = self._rest_from_coefficients(self._coefficients(params.shape))
+        return self._skin(rest_v, rest_j, params.full_pose)
+
+    def anny_world_poses(self, params: BodyParams) -> Tensor:
+        """(B, J, 4, 4) each bone's posed world frame in anny's own coordinates (anny's "world" pose), from
+        our parameters without scale and translation. Used to check us against anny."""
+        out = self._posed(params)
+        frames = out.joint_rotations @ self.rest_bone_orientations(params.shape)
+        poses = torch.eye(4, dtype=self.dtype, device=self.device).repeat(params.batch_size, self.joint_count, 1, 1)
+        poses[..., :3, :3] = frames
+        poses[..., :3, 3] = out.joints + self.origin_offset
+        return poses
