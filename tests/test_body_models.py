@@ -205,3 +205,9 @@ def test_crafted_pickle_is_refused_and_nothing_runs(tmp_path, monkeypatch):
     with pytest.raises(BodyModelError, match="refused"):
         SMPLFamilyBody(crafted, "smpl")
     assert not (tmp_path / "pwned_by_pickle").exists()
+
+
+def test_vertex_subset_equals_full_output(body):
+    p = _random_params(body, 2)
+    ids = torch.arange(0, body.vertex_count, 7)
+    assert torch.allclose(body(p, vertex_ids=ids).vertices, body(p).vertices[:, ids], atol=1e-5)

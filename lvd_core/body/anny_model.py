@@ -88,11 +88,15 @@ class AnnyBody(BodyModel):
         empty = shape.new_zeros(shape.shape[0], 0)
         return self.anny._get_phenotype_blendshape_coefficients(shape, empty, empty)
 
-    def _rest_from_coefficients(self, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    def _rest_from_coefficients(self, coeffs: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         from anny.skinning.skinning import apply_linear_blendshape
 
         m = self.anny
-        vertices = m.get_rest_vertices(coeffs) - self.origin_offset
+        if vertex_ids is None:
+            vertices = m.get_rest_vertices(coeffs)
+        else:  # blend only the rows we need: the fit and the descent work on vertex subsets
+            vertices = apply_linear_blendshape(m.template_vertices[vertex_ids], m.blendshapes[:, vertex_ids], coeffs)
+        vertices = vertices - self.origin_offset
         heads = apply_linear_blendshape(m.template_bone_heads, m.bone_heads_blendshapes, coeffs) - self.origin_offset
         return vertices, heads
 
@@ -105,9 +109,9 @@ class AnnyBody(BodyModel):
     def rest_bone_orientations(self, shape: Tensor) -> Tensor:
         return self.anny.get_rest_model(self._coefficients(shape))["rest_bone_poses"][..., :3, :3]
 
-    def _posed(self, params: BodyParams) -> BodyOutput:
-        rest_v, rest_j = self._rest_from_coefficients(self._coefficients(params.shape))
-        return self._skin(rest_v, rest_j, params.full_pose)
+    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
+        rest_v, rest_j = self._rest_from_coefficients(self._coefficients(params.shape), vertex_ids)
+        return self._skin(rest_v, rest_j, params.full_pose, vertex_ids)
 
     def anny_world_poses(self, params: BodyParams) -> Tensor:
         """(B, J, 4, 4) each bone's posed world frame in anny's own coordinates (anny's "world" pose), from

@@ -241,24 +241,30 @@ class BodyModel(torch.nn.Module):
         return None
 
     # -- pose --------------------------------------------------------------------------------------
-    def forward(self, params: BodyParams) -> BodyOutput:
-        """Posed, scaled and translated body. Differentiable in every parameter."""
-        out = self._posed(params)
+    def forward(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
+        """Posed, scaled and translated body. Differentiable in every parameter.
+        vertex_ids (N,): compute only these vertices (vertices then (B, N, 3)); all when None."""
+        out = self._posed(params, vertex_ids)
         s = params.scale[:, None, :]
         t = params.translation[:, None, :]
         return BodyOutput(vertices=out.vertices * s + t, joints=out.joints * s + t, joint_rotations=out.joint_rotations)
 
-    def _posed(self, params: BodyParams) -> BodyOutput:
+    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
         """The generic LBS path (no pose correctives); backends with correctives override it."""
-        return self._skin(self.rest_vertices(params.shape), self.rest_joints(params.shape), params.full_pose)
+        rest_v = self.rest_vertices(params.shape)
+        if vertex_ids is not None:
+            rest_v = rest_v[:, vertex_ids]
+        return self._skin(rest_v, self.rest_joints(params.shape), params.full_pose, vertex_ids)
 
-    def _skin(self, rest_v: Tensor, rest_j: Tensor, full_pose: Tensor) -> BodyOutput:
-        """rest mesh (B, V, 3), rest joints (B, J, 3), axis-angles (B, J, 3) -> posed body (no scale/translation)."""
+    def _skin(self, rest_v: Tensor, rest_j: Tensor, full_pose: Tensor, vertex_ids: Tensor | None = None) -> BodyOutput:
+        """rest mesh (B, N, 3) (the vertices `vertex_ids`, or all), rest joints (B, J, 3), axis-angles (B, J, 3)
+        -> posed body (no scale/translation)."""
         local = axis_angle_to_matrix(full_pose)
         rot = global_rotations(local, self.parents, self.levels)
         joints = posed_joints(rest_j, rot, self.parents, self.levels)
         transforms = skinning_transforms(rest_j, joints, rot)
-        vertices = linear_blend_skinning(rest_v, self.skinning_weights, transforms)
+        weights = self.skinning_weights if vertex_ids is None else self.skinning_weights[vertex_ids]
+        vertices = linear_blend_skinning(rest_v, weights, transforms)
         return BodyOutput(vertices=vertices, joints=joints, joint_rotations=rot)
 
     def descendants(self, joint: int) -> list[int]:

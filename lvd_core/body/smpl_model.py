@@ -137,11 +137,12 @@ class SMPLFamilyBody(BodyModel):
 
         return vertices2joints(self.layer.J_regressor, self.rest_vertices(shape))
 
-    def _posed(self, params: BodyParams) -> BodyOutput:
+    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
         local = axis_angle_to_matrix(params.full_pose)  # (B, J, 3, 3)
         if self.kind == "smpl":
             out = self.layer(betas=params.shape, global_orient=local[:, :1], body_pose=local[:, 1:])
         else:
             out = self.layer(betas=params.shape, global_orient=local[:, :1], hand_pose=local[:, 1:])
         rotations = global_rotations(local, self.parents, self.levels)
-        return BodyOutput(vertices=out.vertices, joints=out.joints[:, : self.joint_count], joint_rotations=rotations)
+        vertices = out.vertices if vertex_ids is None else out.vertices[:, vertex_ids]
+        return BodyOutput(vertices=vertices, joints=out.joints[:, : self.joint_count], joint_rotations=rotations)
