@@ -1,0 +1,134 @@
+"""Build a rigged, posed, shaped character from lvd_core's character description (numpy only, no torch).
+
+The description (lvd_core.export.character_description) holds every number; this module only turns it into
+Blender data: an armature (bones at the fitted rest joints, posed through pose-bone quaternions so it can be
+re-posed and animated) and a mesh skinned to it by vertex groups and an Armature modifier (linear blend
+skinning), in one collection per character.
+"""
+
+from __future__ import annotations
+
+import json
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+# Slider range of shape keys for unbounded shape coefficients (SMPL/MANO betas are ~N(0, 1)); Blender's
+# default [0, 1] would clamp them.
+BETA_SLIDER_RANGE = 10.0
+
+
+def build_character(
+    name: str,
+    description: dict,
+    collection: bpy.types.Collection | None = None,
+    *,
+    shape_as_keys: bool = False,
+    frame_matrix: np.ndarray | None = None,
+    residual_mm: float | None = None,
+) -> tuple[bpy.types.Object, bpy.types.Object]:
+    """Armature and mesh objects of the character in a new collection `name` (inside `collection`, default
+    the scene's). `frame_matrix` (4, 4) maps the model's fitted frame to world space (units, rotation,
+    location); None places the model upright at the origin. With `shape_as_keys` the shape is shape keys over
+    the model's neutral mesh instead of being baked into the rest mesh."""
+    parent_collection = collection or bpy.context.scene.collection
+    character_collection = bpy.data.collections.new(name)
+    parent_collection.children.link(character_collection)
+
+    armature_obj = _build_armature(name, description, character_collection)
+    zup = np.asarray(description["model_to_zup"])
+    frame = zup if frame_matrix is None else np.asarray(frame_matrix, dtype=np.float64)
+    armature_obj.matrix_world = Matrix((frame @ description["fit_transform"] @ np.linalg.inv(zup)).tolist())
+    _pose(armature_obj, description)
+
+    mesh_obj = _build_mesh(name, description, shape_as_keys, character_collection)
+    mesh_obj.parent = armature_obj
+    modifier = mesh_obj.modifiers.new("Armature", "ARMATURE")
+    modifier.object = armature_obj
+    modifier.use_deform_preserve_volume = False  # the models are linear blend skinned
+
+    _store_fit(armature_obj, description, residual_mm)
+    return armature_obj, mesh_obj
+
+
+def _build_armature(name: str, description: dict, collection) -> bpy.types.Object:
+    armature = bpy.data.armatures.new(name)
+    armature_obj = bpy.data.objects.new(name, armature)
+    collection.objects.link(armature_obj)
+    view_layer = bpy.context.view_layer
+    if bpy.context.mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    previous_active = view_layer.objects.active
+    view_layer.objects.active = armature_obj  # mode_set ignores temp_override: it acts on the active object
+    bpy.ops.object.mode_set(mode="EDIT")
+    heads, tails, z_axes = description["bone_heads"], description["bone_tails"], description["bone_z_axes"]
+    bones = []
+    for j, bone_name in enumerate(description["joint_names"]):
+        bone = armature.edit_bones.new(bone_name)
+        bone.head, bone.tail = heads[j].tolist(), tails[j].tolist()
+        if z_axes is not None:
+            bone.align_roll(z_axes[j].tolist())
+        bone.use_connect = False  # heads stay exactly at the joints
+        parent = description["parents"][j]
+        if parent >= 0:
+            bone.parent = bones[parent]
+        bones.append(bone)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    view_layer.objects.active = previous_active
+    return armature_obj
+
+
+def _pose(armature_obj, description: dict) -> None:
+    """Local rotation of every joint as its pose bone's quaternion: B^T R B in the bone's rest frame B."""
+    for bone_name, rotation in zip(description["joint_names"], description["local_rotations"]):
+        pose_bone = armature_obj.pose.bones[bone_name]
+        rest = np.array(pose_bone.bone.matrix_local)[:3, :3]
+        pose_bone.rotation_mode = "QUATERNION"
+        pose_bone.rotation_quaternion = Matrix((rest.T @ rotation @ rest).tolist()).to_quaternion()
+
+
+def _build_mesh(name: str, description: dict, shape_as_keys: bool, collection) -> bpy.types.Object:
+    faces = np.asarray(description["faces"])
+    base = description["neutral_vertices"] if shape_as_keys else description["rest_vertices"]
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(base))
+    mesh.vertices.foreach_set("co", np.asarray(base, dtype=np.float32).ravel())
+    mesh.loops.add(faces.size)
+    mesh.loops.foreach_set("vertex_index", faces.astype(np.int32).ravel())
+    mesh.polygons.add(len(faces))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
+    mesh.update()
+    mesh_obj = bpy.data.objects.new(f"{name}_body", mesh)
+    collection.objects.link(mesh_obj)
+
+    groups = [mesh_obj.vertex_groups.new(name=joint) for joint in description["joint_names"]]
+    for vertex, joint, weight in zip(*(a.tolist() for a in description["skin"])):
+        groups[joint].add((vertex,), weight, "REPLACE")
+
+    keys = description["shape_keys"] if shape_as_keys else []
+    correctives = description["pose_correctives"]
+    if keys or correctives is not None:
+        mesh_obj.shape_key_add(name="Basis", from_mix=False)
+        for key_name, offsets, value in keys:
+            _add_shape_key(mesh_obj, key_name, base + offsets, value)
+        if correctives is not None:  # the model's pose correctives at the fitted pose (turn off when re-posing)
+            _add_shape_key(mesh_obj, "LVD_pose_correctives", base + correctives, 1.0)
+    return mesh_obj
+
+
+def _add_shape_key(mesh_obj, name: str, positions: np.ndarray, value: float) -> None:
+    key = mesh_obj.shape_key_add(name=name, from_mix=False)
+    key.data.foreach_set("co", np.asarray(positions, dtype=np.float32).ravel())
+    limit = max(BETA_SLIDER_RANGE, abs(value))
+    key.slider_min, key.slider_max = min(0.0, -limit), max(1.0, limit)  # before the value: the range clamps it
+    key.value = value
+
+
+def _store_fit(armature_obj, description: dict, residual_mm: float | None) -> None:
+    """The fit on the armature as custom properties: JSON of every parameter plus a few readable fields."""
+    armature_obj["lvd_fit"] = json.dumps({"body_model": description["body_name"], **description["params"]})
+    armature_obj["lvd_body_model"] = description["body_name"]
+    armature_obj["lvd_shape"] = dict(zip(description["shape_names"], description["shape_values"]))
+    if residual_mm is not None:
+        armature_obj["lvd_residual_mm"] = float(residual_mm)
