@@ -13,6 +13,7 @@ Every failure raises CheckpointError with one line naming the file, the problem 
 import importlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -48,7 +49,8 @@ def save_checkpoint(path: str | os.PathLike, network: LVDNetwork, metadata: dict
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto") -> LVDNetwork:
-    """Rebuilds the network saved by `save_checkpoint`, on `device`, in eval mode."""
+    """Rebuilds the network saved by `save_checkpoint`, on `device`, in eval mode; the saved metadata is
+    in its `checkpoint_metadata` attribute."""
     device = resolve_device(device)
     payload = read_torch_file(path, device)
     config = checked_config(path, payload)
@@ -60,6 +62,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
         raise CheckpointError(f"{path}: cannot build {config['network']} from the saved config ({short(error)})") \
             from None
     load_state_dict_checked(path, network, payload["state_dict"], config["network"], assign=False)
+    network.checkpoint_metadata = config.get("metadata", {})
     return network.eval()
 
 
@@ -101,8 +104,12 @@ def read_torch_file(path: str | os.PathLike, device: torch.device) -> object:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({short(error)}); the file may be "
-                              "truncated, corrupt or of another kind") from None
+        refused = isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
+        problem = ("cannot be read safely: it holds Python objects besides tensors and plain data, which "
+                   "torch.load(weights_only=True) refuses; expected weights only" if refused else
+                   f"cannot be read as a torch checkpoint ({short(error)}); the file may be truncated, corrupt or "
+                   "of another kind")
+        raise CheckpointError(f"{path}: {problem}") from None
 
 
 def checked_config(path: str | os.PathLike, payload: object) -> dict:
