@@ -41,14 +41,19 @@ def registered_names() -> list[str]:
     return sorted(_NETWORK_REGISTRY)
 
 
-def layer_matrix(layer: nn.Module) -> tuple[Tensor, Tensor]:
-    """The last layer as a matrix: weight (3V, H) and bias (3V,).
+def linear_parts(layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The last layer as output = scale * (matrix @ hidden) + bias: matrix (3V, H), scale (3V,) or None, bias (3V,).
 
-    Works for nn.Linear (3V, H), a 1x1 nn.Conv1d (3V, H, 1) and the weight-normed point layers of the paper
-    nets, whose `weight` is computed from weight_g / weight_v on access.
+    Works for nn.Linear (3V, H), a 1x1 nn.Conv1d (3V, H, 1), and weight-normed layers stored as weight_g /
+    weight_v (the paper's, or torch's legacy weight_norm): for those the matrix is the direction v and the
+    scale g / ||v||, so the effective weight (3V x H, 85 M numbers for the voxel net) is never materialised.
     """
+    if hasattr(layer, "weight_v") and hasattr(layer, "weight_g"):
+        direction = layer.weight_v.reshape(layer.weight_v.shape[0], -1)
+        scale = layer.weight_g.reshape(-1) / torch.linalg.vector_norm(direction, dim=1)
+        return direction, scale, layer.bias
     weight = layer.weight
-    return weight.reshape(weight.shape[0], -1), layer.bias
+    return weight.reshape(weight.shape[0], -1), None, layer.bias
 
 
 def own_vertex_outputs(layer: nn.Module, hidden: Tensor, vertex_ids: Tensor | None = None) -> Tensor:
@@ -59,22 +64,29 @@ def own_vertex_outputs(layer: nn.Module, hidden: Tensor, vertex_ids: Tensor | No
     Returns (B, N, 3): rows 3v..3v+2 of the layer applied to hidden[:, n], i.e. the diagonal of the full
     (B, N, V, 3) output at O(N*H*3) cost instead of O(N*H*3V).
     """
-    weight, bias = layer_matrix(layer)
-    rows = weight.view(-1, 3, weight.shape[1])  # (V, 3, H): rows of vertex v
-    offsets = bias.view(-1, 3)  # (V, 3)
-    if vertex_ids is not None:
-        rows, offsets = rows[vertex_ids], offsets[vertex_ids]
-    elif rows.shape[0] != hidden.shape[1]:
+    matrix, scale, bias = linear_parts(layer)
+    vertex_count = matrix.shape[0] // 3
+    if vertex_ids is None and hidden.shape[1] != vertex_count:
         raise ValueError(f"without vertex_ids there must be one point per vertex: got {hidden.shape[1]} points "
-                         f"for {rows.shape[0]} vertices")
-    return torch.einsum("bnh,nkh->bnk", hidden, rows) + offsets
+                         f"for {vertex_count} vertices")
+
+    def per_vertex(values: Tensor) -> Tensor:  # (3V, ...) -> (N, 3, ...): the rows of each point's vertex
+        values = values.view(vertex_count, 3, *values.shape[1:])
+        return values if vertex_ids is None else values[vertex_ids]
+
+    outputs = torch.einsum("bnh,nkh->bnk", hidden, per_vertex(matrix))
+    if scale is not None:
+        outputs = outputs * per_vertex(scale)
+    return outputs + per_vertex(bias)
 
 
 def all_vertex_outputs(layer: nn.Module, hidden: Tensor) -> Tensor:
     """The naive full output: hidden (B, P, H) -> (B, P, V, 3), every vertex's block at every point."""
-    weight, bias = layer_matrix(layer)
-    outputs = nn.functional.linear(hidden, weight, bias)  # (B, P, 3V)
-    return outputs.view(*hidden.shape[:2], -1, 3)
+    matrix, scale, bias = linear_parts(layer)
+    outputs = nn.functional.linear(hidden, matrix)  # (B, P, 3V)
+    if scale is not None:
+        outputs = outputs * scale
+    return (outputs + bias).view(*hidden.shape[:2], -1, 3)
 
 
 def diagonal_of_all_offsets(all_offsets: Tensor, vertex_ids: Tensor | None = None) -> Tensor:

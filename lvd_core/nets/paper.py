@@ -46,23 +46,27 @@ class WeightNormedConv(nn.Module):
         self.weight_g = nn.Parameter(weight_norms(plain.weight.detach()))
         self.weight_v = plain.weight
 
+    def scale(self) -> Tensor:
+        """g / ||v|| per output channel, shaped like weight_g: (out, 1, ..., 1)."""
+        return self.weight_g / weight_norms(self.weight_v)
+
     @property
     def weight(self) -> Tensor:
         """The effective weight (out, in, *kernel)."""
-        return self.weight_v * (self.weight_g / weight_norms(self.weight_v))
+        return self.weight_v * self.scale()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.convolve(x, self.weight, self.bias, self.stride, self.padding)
 
 
 class WeightNormedPointLayer(WeightNormedConv):
-    """The paper's weight-normed 1x1 Conv1d, applied point-wise to (B, N, in) -> (B, N, out) (no transposes)."""
+    """The paper's weight-normed 1x1 Conv1d (in -> out), applied point-wise: (B, N, in) -> (B, N, out).
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features)
+    Scales the outputs instead of the weight, so the effective weight is never materialised.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight[..., 0], self.bias)
+        return F.linear(x, self.weight_v[..., 0]) * self.scale().flatten() + self.bias
 
 
 def weight_norms(weight: Tensor) -> Tensor:
