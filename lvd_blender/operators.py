@@ -1,0 +1,130 @@
+"""Operators: they translate the UI into calls of fitting / export and report in one line.
+
+Fit runs as a modal operator (worker thread, progress on TIMER events, Esc cancels) when invoked from the
+UI, and synchronously through execute() for scripts and background mode, where there is no event loop."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty
+
+from . import fitting
+from .core import add_dependency_folders, torch_available
+from .export import ExportError, characters_in, export_characters
+from .preferences import model_file_problem, preferences
+from .properties import LICENSED_BODY_MODELS
+
+TIMER_STEP_S = 0.1
+
+
+class LVD_OT_fit(bpy.types.Operator):
+    """Fit the body model to the active scan or the photo, building a rigged, posed character"""
+
+    bl_idname = "lvd.fit"
+    bl_label = "Fit"
+    bl_options = {"REGISTER", "UNDO"}
+
+    batch: BoolProperty(name="Batch", description="Fit every selected mesh object, one character each")
+
+    def execute(self, context):
+        run = self._prepare(context)
+        if run is None:
+            return {"CANCELLED"}
+        run.job.run()
+        run.handle(run.job.drain(), context)
+        return self._finish(run)
+
+    def invoke(self, context, event):
+        run = self._prepare(context)
+        if run is None:
+            return {"CANCELLED"}
+        self._run = run
+        wm = context.window_manager
+        wm.lvd_progress.running = True
+        self._timer = wm.event_timer_add(TIMER_STEP_S, window=context.window)
+        wm.modal_handler_add(self)
+        run.job.start()
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            self._run.job.cancel.set()  # the worker stops after its current step; finished fits stay
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        finished = self._run.handle(self._run.job.drain(), context)
+        status = context.window_manager.lvd_progress
+        context.workspace.status_text_set(None if finished else f"LVD: {status.text} {status.factor:.0%} (Esc to cancel)")
+        for area in context.screen.areas if context.screen else ():
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+        if not finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._finish(self._run)
+
+    def _prepare(self, context) -> fitting.FitRun | None:
+        """Check the request and copy the inputs; None (after a one-line report) when it cannot run."""
+        prefs = preferences(context)
+        add_dependency_folders(prefs.dependency_folders())
+        if not torch_available():
+            return self._refuse("PyTorch is not installed: use Install Dependencies in the LVD add-on preferences")
+        settings = context.scene.lvd
+        if settings.body_model in LICENSED_BODY_MODELS:
+            kind = settings.body_model.lower()
+            problem = model_file_problem(kind, getattr(prefs, f"{kind}_path"))
+            if problem:
+                return self._refuse(problem)
+        items, skipped = [], []
+        if settings.input_kind == "PHOTO":
+            try:
+                items.append(fitting.photo_item(context))
+            except ValueError as exc:
+                return self._refuse(str(exc))
+        else:
+            objects = list(context.selected_objects) if self.batch else [context.active_object]
+            objects = [obj for obj in objects if obj is not None]
+            if not objects:
+                return self._refuse("nothing selected: select the mesh object of a scan")
+            for obj in objects:
+                try:
+                    items.append(fitting.scan_item(obj, context))
+                except ValueError as exc:
+                    skipped.append(f"{obj.name} ({exc})")
+            if not items:
+                return self._refuse("nothing to fit: " + "; ".join(skipped))
+        return fitting.FitRun(items, fitting.FitSettings.from_context(context, prefs), skipped)
+
+    def _refuse(self, message: str) -> None:
+        self.report({"ERROR"}, message)
+
+    def _finish(self, run: fitting.FitRun) -> set[str]:
+        summary = run.summary()
+        if not run.characters:
+            self.report({"ERROR"}, summary)
+            return {"CANCELLED"}  # nothing was built: no undo step
+        self.report({"WARNING"} if run.failures or run.notes else {"INFO"}, summary)
+        return {"FINISHED"}
+
+
+class LVD_OT_export(bpy.types.Operator):
+    """Export each selected character (armature and body) to its own file"""
+
+    bl_idname = "lvd.export"
+    bl_label = "Export Characters"
+
+    def execute(self, context):
+        settings = context.scene.lvd
+        armatures = characters_in(context.selected_objects)
+        if not armatures:
+            self.report({"ERROR"}, "nothing to export: select fitted characters (their armature or body)")
+            return {"CANCELLED"}
+        try:
+            files = export_characters(armatures, settings.export_folder, settings.export_format, settings.export_preset)
+        except (ExportError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"exported {len(files)} file(s) to {files[0].parent}")
+        return {"FINISHED"}
+
+
+CLASSES = (LVD_OT_fit, LVD_OT_export)

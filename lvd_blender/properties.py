@@ -1,0 +1,67 @@
+"""The extension's settings (per scene) and the running job's progress (per window manager, not saved)."""
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+# UI identifier -> lvd_core body model name.
+BODY_MODELS = {"ANNY": "anny", "ANNY_HAND": "anny-hand", "SMPL": "smpl", "MANO": "mano"}
+LICENSED_BODY_MODELS = ("SMPL", "MANO")  # need the user's own model file (set in the preferences)
+
+
+class LVD_PG_settings(bpy.types.PropertyGroup):
+    input_kind: EnumProperty(
+        name="Input",
+        items=[
+            ("SCAN", "Scan", "Fit the active mesh object (a body or hand scan)"),
+            ("PHOTO", "Photo", "Fit a photo: the image file below, or the active Image Empty"),
+        ],
+    )
+    photo_path: StringProperty(name="Photo", subtype="FILE_PATH", description="Image file of a person")
+    body_model: EnumProperty(
+        name="Body Model",
+        items=[
+            ("ANNY", "Anny Body", "Anny full body (open, ships with LVD)"),
+            ("ANNY_HAND", "Anny Hand", "Anny hand (open, ships with LVD)"),
+            ("SMPL", "SMPL", "SMPL body (needs your SMPL model file, see the preferences)"),
+            ("MANO", "MANO", "MANO hand (needs your MANO model file, see the preferences)"),
+        ],
+    )
+    iterations: IntProperty(
+        name="Descent Iterations", min=0, max=50, default=0, description="Vertex descent steps; 0 uses the trained default"
+    )
+    refine: BoolProperty(name="Refine to Scan Surface", default=True, description="Pull the body onto the scan after the fit")
+    shape_as_keys: BoolProperty(
+        name="Shape as Shape Keys", default=False, description="Keep the body shape editable as shape keys over the neutral body"
+    )
+    export_format: EnumProperty(name="Format", items=[("FBX", "FBX", ""), ("GLB", "glTF Binary", "")])
+    export_preset: EnumProperty(
+        name="Target",
+        items=[
+            ("BLENDER", "Blender", "FBX axes and scale as Blender writes them"),
+            ("UNITY", "Unity", "FBX with the scale applied to the hierarchy"),
+            ("UNREAL", "Unreal", "FBX for Unreal (the armature must not be named 'Armature')"),
+        ],
+    )
+    export_folder: StringProperty(name="Folder", subtype="DIR_PATH", default="//")
+
+
+class LVD_PG_progress(bpy.types.PropertyGroup):
+    running: BoolProperty()
+    factor: FloatProperty(min=0.0, max=1.0)
+    text: StringProperty()
+    last_seconds: FloatProperty()
+    last_residual_mm: FloatProperty()
+    last_summary: StringProperty()
+
+
+CLASSES = (LVD_PG_settings, LVD_PG_progress)
+
+
+def register_properties():
+    bpy.types.Scene.lvd = bpy.props.PointerProperty(type=LVD_PG_settings)
+    bpy.types.WindowManager.lvd_progress = bpy.props.PointerProperty(type=LVD_PG_progress)
+
+
+def unregister_properties():
+    del bpy.types.WindowManager.lvd_progress
+    del bpy.types.Scene.lvd
