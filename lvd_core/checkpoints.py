@@ -36,7 +36,10 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, network: LVDNetwork, metadata: dict | None = None) -> Path:
     """Writes `network` (a registered LVDNetwork) to `path` in our format; metadata must be JSON-able."""
-    config = {"network": network.registered_name, "module": type(network).__module__,
+    name = getattr(type(network), "registered_name", None)
+    if registered_network(name) is not type(network):  # also catches unregistered subclasses of registered nets
+        raise ValueError(f"{type(network).__qualname__} is not registered: decorate it with @register_network(name)")
+    config = {"network": name, "module": type(network).__module__,
               "kwargs": network.config(), "metadata": metadata or {}}
     json.dumps(config)  # fails here, not at load time, when the config is not plain data
     state_dict = {key: value.detach().cpu() for key, value in network.state_dict().items()}

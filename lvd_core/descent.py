@@ -84,4 +84,5 @@ def starting_positions(start: Tensor, batch_size: int, vertex_count: int) -> Ten
     try:
         return start.expand(batch_size, vertex_count, 3).clone()
     except RuntimeError:
-        raise ValueError(f"start {tuple(start.shape)} does not broadcast to (B={batch_size}, V={vertex_count}, 3)") from None
+        raise ValueError(f"start {tuple(start.shape)} does not broadcast to "
+                         f"(B={batch_size}, V={vertex_count}, 3)") from None

@@ -108,6 +108,14 @@ def test_our_format_round_trip_for_paper_and_registered_networks(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_save_refuses_unregistered_networks(tmp_path):
+    class Unregistered(AffineLVD):
+        pass
+
+    with pytest.raises(ValueError, match="not registered"):
+        save_checkpoint(tmp_path / "x.pth", Unregistered(2))
+
+
 def test_save_refuses_metadata_that_is_not_plain_data(tmp_path):
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path / "bad.pth", AffineLVD(2), metadata={"when": object()})
