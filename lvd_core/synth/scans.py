@@ -243,8 +243,8 @@ def palm_frame(body, joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     centre = (wrist + index + little) / 3
     across = (little - index) / np.linalg.norm(little - index)
     normal = np.cross(index - wrist, little - wrist)
-    # Right and left hands are mirror images: the same cross product points out of the back of one of them.
-    normal *= -1.0 if body.name.endswith("left") else 1.0
+    # This cross product points out of the back of a right hand and out of the palm of a left one (mirrored).
+    normal *= 1.0 if body.name.endswith("left") else -1.0
     return wrist, centre, normal / np.linalg.norm(normal), across
 
 
