@@ -37,10 +37,6 @@ class Finished:
     cancelled: bool
 
 
-class Cancelled(Exception):
-    """Raised by work that noticed the cancel event."""
-
-
 @dataclass
 class Item:
     label: str  # names the item in messages (the object's name)
@@ -55,8 +51,8 @@ def one_line(exc: Exception) -> str:
 
 class Job:
     """Runs `work(item, progress(fraction, text), cancel_event) -> result` for each item in turn. Messages
-    (Progress, Done, Failed, then one Finished) arrive on `messages`. A ValueError from work (bad input, with
-    a one-line message) fails that item only; any other exception too, reported by its type."""
+    (Progress, Done, Failed, then one Finished) arrive on `messages`. An exception fails that item only (a
+    ValueError is bad input and its message is shown as is); once cancelled, the remaining items are skipped."""
 
     def __init__(self, items: list[Item], work: Callable):
         self.items = items
@@ -84,9 +80,9 @@ class Job:
 
             try:
                 result = self.work(item, progress, self.cancel)
-            except Cancelled:
-                break
             except Exception as exc:  # noqa: BLE001 (a worker must report, not die silently)
+                if self.cancel.is_set():  # however the work stopped on cancel, it is not a failure
+                    break
                 self.messages.put(Failed(item.label, one_line(exc)))
             else:
                 self.messages.put(Done(item.label, result))

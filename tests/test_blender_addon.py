@@ -1,0 +1,318 @@
+"""The extension in headless Blender: registration, panel, Fit / Batch fit / Export operators, the modal job,
+and every bad input leaving the scene exactly as it was.
+
+The add-on is registered the way Blender loads it (an extension repository, `bl_ext.<repo>.lvd_fit`, with
+lvd_core vendored), from a symlinked staging folder. The fit pipeline is a test double (FakePipeline) that
+returns known parameters, so what is checked is the Blender side: inputs in, characters out."""
+
+import blender_support  # noqa: F401  (first: sets Blender's user folder before bpy is imported)
+
+import importlib
+import sys
+import threading
+from types import SimpleNamespace
+from unittest import mock
+
+import bpy
+import numpy as np
+import pytest
+
+import build
+from lvd_core.body import load_body_model
+from synthetic_models import make_model_arrays, write_official_pickle
+from test_blender_character import random_params
+
+PACKAGE = "bl_ext.lvd_test.lvd_fit"
+
+
+class FakePipeline:
+    """Test double of lvd_core.pipeline: fits nothing, returns known Anny-hand parameters placed at the scan's
+    centroid. Refuses flat or tiny inputs like the real one (ValueError); `oom_on_gpu` mimics CUDA OOM."""
+
+    def __init__(self, oom_on_gpu=False, block_after=None):
+        self.oom_on_gpu = oom_on_gpu
+        self.block_after = block_after  # number of fits after which it waits for cancel
+        self.devices = []
+        self.calls = 0
+
+    def result(self, centre):
+        body = load_body_model("anny-hand")
+        params = random_params(body, seed=self.calls)
+        input_from_model = np.eye(4)
+        input_from_model[:3, 3] = centre
+        vertices = body(params).vertices[0].double().numpy() + centre
+        return SimpleNamespace(body_name="anny-hand-right", params=params, input_from_model=input_from_model,
+                               vertices_input=vertices, residual_mm=2.5, timings={"total": 0.1})  # fmt: skip
+
+    def fit_scan(self, vertices, faces, *, body, device, progress, cancel, **options):
+        self.devices.append(device)
+        if self.oom_on_gpu and device != "cpu":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.block_after is not None and self.calls >= self.block_after:
+            cancel.wait(10)
+            raise RuntimeError("cancelled")
+        self.calls += 1
+        if len(vertices) < 4 or np.linalg.matrix_rank(vertices - vertices.mean(0)) < 3:
+            raise ValueError("the scan is degenerate (flat or fewer than 4 vertices)")
+        progress(0.5, "descending")
+        return self.result(vertices.mean(0))
+
+    def fit_photo(self, image_rgb, *, body, device, progress, cancel, **options):
+        if image_rgb.max() == 0:
+            raise ValueError("no person found in the photo")
+        return self.result(np.zeros(3))
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    """The extension enabled from a staged repository; yields its submodules."""
+    repo_dir = tmp_path_factory.mktemp("repo")
+    build.stage(repo_dir / "lvd_fit", link=True)
+    repo = bpy.context.preferences.extensions.repos.new(
+        name="LVD test", module="lvd_test", custom_directory=str(repo_dir), source="USER"
+    )
+    bpy.ops.preferences.addon_enable(module=PACKAGE)
+    yield SimpleNamespace(**{name: importlib.import_module(f"{PACKAGE}.{name}")
+                             for name in ("fitting", "operators", "panel", "preferences", "jobs", "core")})  # fmt: skip
+    bpy.ops.preferences.addon_disable(module=PACKAGE)
+    bpy.context.preferences.extensions.repos.remove(repo)
+
+
+@pytest.fixture
+def pipeline(addon, monkeypatch):
+    fake = FakePipeline()
+    monkeypatch.setattr(addon.fitting, "pipeline", lambda: fake)
+    blender_support.reset_scene()
+    bpy.context.scene.lvd.body_model = "ANNY_HAND"
+    return fake
+
+
+def prefs():
+    return bpy.context.preferences.addons[PACKAGE].preferences
+
+
+def scan_object(name, vertices, faces=()):
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata([tuple(v) for v in vertices], [], [tuple(f) for f in faces])
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+def hand_scan(name, offset=(0.0, 0.0, 0.0)):
+    body = load_body_model("anny-hand")
+    return scan_object(name, body.rest_vertices(body.default_shape()[None])[0].numpy() + offset, body.faces)
+
+
+def activate(*objects):
+    bpy.context.view_layer.update()  # objects linked since the last update are not in the view layer yet
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(obj in objects)
+    bpy.context.view_layer.objects.active = objects[0] if objects else None
+
+
+def characters():
+    return [obj for obj in bpy.data.objects if obj.type == "ARMATURE"]
+
+
+# -- registration and UI ----------------------------------------------------------------------------------
+def test_register_and_unregister_twice(addon):
+    for _ in range(2):
+        bpy.ops.preferences.addon_disable(module=PACKAGE)
+        assert not hasattr(bpy.types.Scene, "lvd") and not hasattr(bpy.types, "LVD_PT_main")
+        bpy.ops.preferences.addon_enable(module=PACKAGE)
+        assert hasattr(bpy.types.Scene, "lvd") and hasattr(bpy.ops.lvd, "fit") and hasattr(bpy.ops.lvd, "export")
+
+
+def test_lvd_core_is_the_vendored_copy(addon):
+    assert addon.core.CORE_PACKAGE == f"{PACKAGE}.vendor.lvd_core"
+    assert addon.core.core("export").__name__ == f"{PACKAGE}.vendor.lvd_core.export"
+
+
+def test_panel_draws_progress_and_greys_licensed_models(addon):
+    blender_support.reset_scene()
+    wm = bpy.context.window_manager
+    wm.lvd_progress.running, wm.lvd_progress.factor = True, 0.4
+    layout = mock.MagicMock()
+    try:
+        bpy.types.LVD_PT_main.draw(mock.Mock(layout=layout), bpy.context)
+    finally:
+        wm.lvd_progress.running = False
+    calls = [c[0] for c in layout.mock_calls]
+    assert "progress" in calls and calls.count("grid_flow().row().prop_enum") == 4
+    operators = [c.args[0] for c in layout.mock_calls if c[0].endswith("operator")]
+    assert {"lvd.fit", "lvd.export"} <= set(operators)
+    labels = [c.kwargs.get("text", "") for c in layout.mock_calls if c[0] == "label"]
+    assert any("SMPL needs its model file" in text for text in labels)
+
+
+def test_model_file_preference_is_validated(addon, tmp_path):
+    preferences = prefs()
+    preferences.smpl_path = str(tmp_path / "missing.pkl")
+    assert "not found" in preferences.smpl_problem
+    preferences.smpl_path = str(write_official_pickle(make_model_arrays("smpl"), tmp_path / "SMPL_NEUTRAL.pkl"))
+    assert preferences.smpl_problem == ""
+    preferences.smpl_path = ""
+    assert "needs its model file" in preferences.smpl_problem
+
+
+def test_dependency_installer_refuses_offline(addon):
+    assert not bpy.app.online_access  # bpy as a module starts offline
+    with pytest.raises(RuntimeError, match="offline"):
+        bpy.ops.lvd.install_dependencies()
+
+
+# -- fitting ------------------------------------------------------------------------------------------------
+def test_fit_builds_the_character_on_the_scan(pipeline):
+    scan = hand_scan("Scan", offset=(1.0, 2.0, 0.0))
+    activate(scan)
+    assert bpy.ops.lvd.fit() == {"FINISHED"}
+    [armature] = characters()
+    [body_mesh] = armature.children
+    assert armature.name == "Scan LVD" and armature.users_collection[0].name == "Scan LVD"
+    assert armature["lvd_body_model"] == "anny-hand-right" and armature["lvd_residual_mm"] == 2.5
+    expected = pipeline.result(np.zeros(3)).vertices_input  # seed 0 = the first fit, here at the origin
+    centre = np.array(blender_support.evaluated_world_vertices(scan)).mean(0)
+    error = np.abs(blender_support.evaluated_world_vertices(body_mesh) - (expected + centre)).max()
+    assert error < 1e-3
+    progress = bpy.context.window_manager.lvd_progress
+    assert progress.last_residual_mm == 2.5 and "fitted 1 of 1" in progress.last_summary
+
+
+def test_batch_fit_skips_broken_objects_by_name(pipeline):
+    good = [hand_scan("Hand A", (0, 0, 0)), hand_scan("Hand B", (1, 0, 0))]
+    flat = scan_object("Flat", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)], [(0, 1, 3, 2)])
+    empty = bpy.data.objects.new("Empty", None)
+    bpy.context.scene.collection.objects.link(empty)
+    activate(*good, flat, empty)
+    assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
+    assert sorted(a.name for a in characters()) == ["Hand A LVD", "Hand B LVD"]
+    summary = bpy.context.window_manager.lvd_progress.last_summary
+    assert "fitted 2 of 4" in summary and "Flat (the scan is degenerate" in summary and "Empty (" in summary
+
+
+def test_cuda_out_of_memory_falls_back_to_the_cpu(pipeline):
+    pipeline.oom_on_gpu = True
+    prefs().device = "CUDA"
+    try:
+        activate(hand_scan("Scan"))
+        assert bpy.ops.lvd.fit() == {"FINISHED"}
+    finally:
+        prefs().device = "AUTO"
+    assert pipeline.devices == ["cuda", "cpu"] and len(characters()) == 1
+    assert "fitted on the CPU" in bpy.context.window_manager.lvd_progress.last_summary
+
+
+def test_photo_file_is_fitted(pipeline, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 48, 3), 200, np.uint8)).save(tmp_path / "person.png")
+    bpy.context.scene.lvd.input_kind = "PHOTO"
+    bpy.context.scene.lvd.photo_path = str(tmp_path / "person.png")
+    assert bpy.ops.lvd.fit() == {"FINISHED"}
+    assert [a.name for a in characters()] == ["person.png LVD"]
+
+
+BAD_INPUTS = {
+    "nothing selected": (lambda tmp: activate(), "nothing selected"),
+    "non-mesh object": (lambda tmp: activate(bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))), "not a mesh"),
+    "empty mesh": (lambda tmp: activate(scan_object("Nothing", [])), "no vertices"),
+    "degenerate mesh": (lambda tmp: activate(scan_object("Line", [(0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)])), "degenerate"),
+    "photo without a person": (lambda tmp: _black_photo(tmp), "no person"),
+    "photo missing": (lambda tmp: setattr(bpy.context.scene.lvd, "input_kind", "PHOTO"), "no photo"),
+    "missing SMPL file": (lambda tmp: setattr(bpy.context.scene.lvd, "body_model", "SMPL"), "SMPL needs its model file"),
+    "missing MANO file": (lambda tmp: setattr(bpy.context.scene.lvd, "body_model", "MANO"), "MANO needs its model file"),
+}  # fmt: skip
+
+
+def _black_photo(tmp):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(tmp / "dark.png")
+    bpy.context.scene.lvd.input_kind = "PHOTO"
+    bpy.context.scene.lvd.photo_path = str(tmp / "dark.png")
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_reports_one_line_and_changes_nothing(case, pipeline, tmp_path):
+    make, message = BAD_INPUTS[case]
+    if case == "non-mesh object":
+        lamp = bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))
+        bpy.context.scene.collection.objects.link(lamp)
+        make = lambda tmp: activate(lamp)  # noqa: E731
+    make(tmp_path)
+    before = blender_support.data_block_names()
+    with pytest.raises(RuntimeError, match=message) as error:
+        bpy.ops.lvd.fit()
+    assert len(str(error.value).strip().splitlines()) == 1
+    assert blender_support.data_block_names() == before
+
+
+def test_missing_torch_is_reported(pipeline, monkeypatch, addon):
+    activate(hand_scan("Scan"))
+    monkeypatch.setattr(addon.operators, "torch_available", lambda: False)
+    before = blender_support.data_block_names()
+    with pytest.raises(RuntimeError, match="PyTorch is not installed"):
+        bpy.ops.lvd.fit()
+    assert blender_support.data_block_names() == before
+
+
+# -- the modal job, driven by hand (headless Blender has no event loop) --------------------------------------
+class Recorder:
+    def __init__(self):
+        self.reports, self.status = [], []
+
+    def report(self, kind, text):
+        self.reports.append((kind, text))
+
+
+def modal_context(recorder):
+    real_wm = bpy.context.window_manager
+    wm = SimpleNamespace(lvd_progress=real_wm.lvd_progress, event_timer_remove=lambda timer: None)
+    workspace = SimpleNamespace(status_text_set=recorder.status.append)
+    return SimpleNamespace(window_manager=wm, workspace=workspace, screen=None, scene=bpy.context.scene)
+
+
+def drive_modal(addon, run, recorder, events):
+    """Call LVD_OT_fit.modal with duck-typed self/context/event until it finishes."""
+    operator = SimpleNamespace(_run=run, _timer=object(), report=recorder.report,
+                               _finish=lambda r: addon.operators.LVD_OT_fit._finish(operator, r))  # fmt: skip
+    context = modal_context(recorder)
+    for event_type in events:
+        result = addon.operators.LVD_OT_fit.modal(operator, context, SimpleNamespace(type=event_type))
+        if result != {"PASS_THROUGH"}:
+            return result
+        threading.Event().wait(0.01)  # the timer's period, shortened
+    raise AssertionError("the job did not finish")
+
+
+def make_run(addon, count):
+    items = []
+    for k in range(count):
+        vertices = np.random.default_rng(k).normal(size=(50, 3))
+        items.append(addon.jobs.Item(f"Scan{k}", {"kind": "scan", "vertices": vertices, "faces": None, "metres_per_unit": 1.0}))
+    settings = addon.fitting.FitSettings("anny-hand", None, "cpu", None, True, False)
+    return addon.fitting.FitRun(items, settings, skipped=[])
+
+
+def test_modal_finishes_on_timer(pipeline, addon):
+    recorder = Recorder()
+    run = make_run(addon, 2)
+    run.job.start()
+    run.job.join(30)
+    assert drive_modal(addon, run, recorder, ["MOUSEMOVE", "TIMER"]) == {"FINISHED"}
+    assert len(characters()) == 2 and recorder.status[-1] is None
+    assert recorder.reports == [({"INFO"}, "fitted 2 of 2")]
+
+
+def test_modal_escape_keeps_finished_characters(pipeline, addon):
+    pipeline.block_after = 1  # the second fit waits until cancelled
+    recorder = Recorder()
+    run = make_run(addon, 3)
+    run.job.start()
+    while not any(isinstance(m, addon.jobs.Done) for m in list(run.job.messages.queue)):
+        threading.Event().wait(0.01)
+    assert drive_modal(addon, run, recorder, ["TIMER", "ESC"] + ["TIMER"] * 200) == {"FINISHED"}
+    assert [a.name for a in characters()] == ["Scan0 LVD"]
+    assert recorder.reports[-1][1] == "fitted 1 of 3, cancelled"
+    assert any(text and "Esc to cancel" in text for text in recorder.status)
