@@ -92,10 +92,8 @@ def distance_grid(
     axes = grid_axes(box_min, box_max, resolution)
     largest = max(thresholds)
     saturation = np.sqrt(largest) if squared else largest  # unsquared distance where every channel is clamped
-    if not raw_channel:
-        distance = nearest_distance(points, axes, exact_band=saturation)
-    else:
-        distance = nearest_distance(points, axes, exact_band=exact_band, far_field=exact_band is not None)
+    # Without a raw channel nothing beyond the saturation distance is seen, so that is the band to be exact in.
+    distance = nearest_distance(points, axes, exact_band=exact_band if raw_channel else saturation)
     if squared:
         distance = np.square(distance, out=distance)
     grid = np.empty((len(thresholds) + int(raw_channel), *distance.shape), np.float32)
@@ -123,49 +121,50 @@ def _grid_samples(axes: np.ndarray, flat_index=None) -> np.ndarray:
     return np.stack([axis[i] for axis, i in zip(axes, index)], axis=-1)
 
 
-def nearest_distance(points, axes, *, exact_band=None, far_field=False) -> np.ndarray:
+def nearest_distance(points, axes, *, exact_band=None) -> np.ndarray:
     """(R, R, R) float32 unsquared distance from each grid sample to the nearest of (M, 3) points.
 
-    Exact within exact_band (None: everywhere). Beyond it: inf, or with far_field the EDT upper bound,
-    in which case only samples that the bound cannot rule out of the band are sent to the KD-tree.
+    Exact within exact_band (None: everywhere, a KD-tree query per sample). Beyond it, the EDT upper bound
+    (>= exact_band); only the samples whose EDT lower bound is inside the band go to the KD-tree.
     """
-    resolution = axes.shape[1]
     tree = KDTree(points)
-    bound = np.inf if exact_band is None else exact_band
-    if not far_field:
-        distance, _ = tree.query(_grid_samples(axes), k=1, distance_upper_bound=bound)
-        return distance.reshape((resolution,) * 3).astype(np.float32)
-    distance = _far_field_distance(points, axes)
-    # upper <= exact + one cell diagonal, so every sample within the band has upper < band + diagonal.
-    cell_diagonal = np.linalg.norm(axes[:, 1] - axes[:, 0])
-    near = np.flatnonzero(distance < bound + cell_diagonal)
-    exact, _ = tree.query(_grid_samples(axes, near), k=1, distance_upper_bound=bound)
+    if exact_band is None:
+        distance, _ = tree.query(_grid_samples(axes), k=1)
+        return distance.reshape((axes.shape[1],) * 3).astype(np.float32)
+    distance, lower = _distance_bounds(points, axes)
+    near = np.flatnonzero(lower < exact_band)
+    exact, _ = tree.query(_grid_samples(axes, near), k=1, distance_upper_bound=exact_band)
     distance.flat[near] = np.minimum(exact, distance.flat[near])  # inf (beyond the band) keeps the bound
     return distance
 
 
-def _far_field_distance(points, axes) -> np.ndarray:
-    """(R, R, R) float32 distance from each sample to the representative point of the nearest occupied
-    cell: an upper bound within one cell diagonal of the exact distance. Each point is assigned to its
-    nearest sample (clipped into the grid); a cell's representative is its point closest to that sample."""
+def _distance_bounds(points, axes) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower): (R, R, R) float32 bounds of the distance from each sample to the nearest point.
+
+    Each point is assigned to its nearest sample (its cell; points outside the grid to the nearest border
+    cell) and a Euclidean distance transform finds the nearest occupied cell of every sample. upper: the
+    distance to one of that cell's points, within one cell diagonal of exact (for points inside the grid).
+    lower: the distance to that cell's sample minus half a cell diagonal (a point is at most that far from
+    its cell's sample, and clipping to the grid only brings points closer).
+    """
     shape = (axes.shape[1],) * 3
     step = axes[:, 1] - axes[:, 0]
     cell = np.clip(np.rint((points - axes[:, 0]) / step), 0, shape[0] - 1).astype(np.int64)
     flat_cell = np.ravel_multi_index(cell.T, shape)
-    offset = ((points - (axes[:, 0] + cell * step)) ** 2).sum(axis=1)
-    order = np.lexsort((offset, flat_cell))
-    first_in_cell = np.r_[True, flat_cell[order][1:] != flat_cell[order][:-1]]
     representative = np.zeros(np.prod(shape), np.int64)
-    representative[flat_cell[order][first_in_cell]] = order[first_in_cell]
+    representative[flat_cell] = np.arange(len(points))  # one of the cell's points, whichever
     empty = np.ones(shape, bool)
     empty.flat[flat_cell] = False
     nearest_cell = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
     nearest_point = points.astype(np.float32)[representative[np.ravel_multi_index(tuple(nearest_cell), shape)]]
-    squared = np.zeros(shape, np.float32)
+    to_point = np.zeros(shape, np.float32)
+    to_cell = np.zeros(shape, np.float32)
     for axis in range(3):
         along = axes[axis].astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
-        squared += (along - nearest_point[..., axis]) ** 2
-    return np.sqrt(squared)
+        to_point += (along - nearest_point[..., axis]) ** 2
+        to_cell += (along - axes[axis].astype(np.float32)[nearest_cell[axis]]) ** 2
+    half_diagonal = np.float32(np.linalg.norm(step) / 2 * 1.001)  # 0.1 % margin for float32 rounding
+    return np.sqrt(to_point), np.sqrt(to_cell) - half_diagonal
 
 
 def grid_tensor(points, preset: GridPreset) -> torch.Tensor:
