@@ -211,17 +211,20 @@ def merge_duplicate_vertices(vertices, faces):
     """Merge exactly coincident vertices (UV/normal seams split them in OBJ files), drop faces that collapse
     and vertices no face uses. Returns (vertices, faces, removed vertex count)."""
     count = len(vertices)
-    # +0.0 turns -0.0 into 0.0 so that the byte view compares values.
-    rows = np.ascontiguousarray(vertices + 0.0).view(np.dtype((np.void, 24))).ravel()
-    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    vertices = vertices[first]
+    order = np.lexsort(vertices.T)
+    sorted_vertices = vertices[order]
+    starts_group = np.r_[True, (sorted_vertices[1:] != sorted_vertices[:-1]).any(axis=1)]
+    inverse = np.empty(count, np.int64)
+    inverse[order] = np.cumsum(starts_group) - 1
+    vertices = sorted_vertices[starts_group]
     if faces is not None:
         faces = inverse.reshape(-1)[faces]
         collapsed = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
         faces = faces[~collapsed]
         used = np.zeros(len(vertices), bool)
         used[faces] = True
-        vertices, faces = _keep_vertices(vertices, faces, used)
+        if not used.all():
+            vertices, faces = _keep_vertices(vertices, faces, used)
     return vertices, faces, count - len(vertices)
 
 
@@ -246,8 +249,8 @@ def _component_labels(vertices, faces) -> np.ndarray:
     """(N,) connected-component label of each vertex: along mesh edges, or for a point cloud along links
     to the 5 nearest neighbours no longer than twice the median distance to the 5th neighbour."""
     count = len(vertices)
-    if faces is not None:
-        start, end = faces.ravel(), np.roll(faces, 1, axis=1).ravel()
+    if faces is not None:  # two edges per triangle connect all three corners
+        start, end = faces[:, :2].ravel(), faces[:, 1:].ravel()
     else:
         distance, neighbour = KDTree(vertices).query(vertices, k=6)
         linked = distance[:, 1:] <= 2 * np.median(distance[:, -1])
@@ -259,8 +262,9 @@ def _component_labels(vertices, faces) -> np.ndarray:
 
 def _face_areas(vertices, faces) -> np.ndarray:
     """(F,) triangle areas."""
-    corners = vertices[faces]
-    return 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    a, b, c = (vertices[faces[:, corner]] for corner in range(3))
+    (ux, uy, uz), (vx, vy, vz) = (b - a).T, (c - a).T
+    return 0.5 * np.sqrt((uy * vz - uz * vy) ** 2 + (uz * vx - ux * vz) ** 2 + (ux * vy - uy * vx) ** 2)
 
 
 def check_usable(vertices, name: str = "scan") -> None:
