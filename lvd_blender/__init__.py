@@ -16,6 +16,7 @@ def register():
 
 
 def unregister():
+    operators.stop_running_fits(bpy.context)
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -15,6 +15,17 @@ from .preferences import model_file_problem, preferences
 from .properties import LICENSED_BODY_MODELS
 
 TIMER_STEP_S = 0.1
+# Fits running in the background: (job, timer) per modal operator, so unregister can stop them.
+RUNNING: dict = {}
+
+
+def stop_running_fits(context) -> None:
+    """Cancel background fits and remove their timers (a thread outliving the add-on could crash Blender)."""
+    for job, timer in list(RUNNING.values()):
+        job.cancel.set()
+        job.join(timeout=5.0)
+        context.window_manager.event_timer_remove(timer)
+    RUNNING.clear()
 
 
 class LVD_OT_fit(bpy.types.Operator):
@@ -43,6 +54,7 @@ class LVD_OT_fit(bpy.types.Operator):
         wm.lvd_progress.running = True
         self._timer = wm.event_timer_add(TIMER_STEP_S, window=context.window)
         wm.modal_handler_add(self)
+        RUNNING[id(self)] = (run.job, self._timer)
         run.job.start()
         return {"RUNNING_MODAL"}
 
@@ -60,6 +72,7 @@ class LVD_OT_fit(bpy.types.Operator):
         if not finished:
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
+        RUNNING.pop(id(self), None)
         return self._finish(self._run)
 
     def _prepare(self, context) -> fitting.FitRun | None:
