@@ -21,6 +21,7 @@ class FitSettings:
 
     body_model: str  # lvd_core's name
     model_path: str | None  # the user's SMPL / MANO file
+    checkpoint_folder: str | None  # None: the bundled networks
     device: str  # "auto", "cuda" or "cpu"
     iterations: int | None
     refine: bool
@@ -33,6 +34,7 @@ class FitSettings:
         return FitSettings(
             body_model=BODY_MODELS[settings.body_model],
             model_path=bpy.path.abspath(model_path) if model_path else None,
+            checkpoint_folder=bpy.path.abspath(preferences.checkpoint_folder) if preferences.checkpoint_folder else None,
             device=preferences.device.lower(),
             iterations=settings.iterations or None,
             refine=settings.refine,
@@ -115,6 +117,8 @@ def _fit(item: Item, settings: FitSettings, device: str, progress, cancel) -> Fi
     options = dict(body=settings.body_model, device=device, iterations=settings.iterations, progress=progress, cancel=cancel)
     if settings.model_path:
         options["model_path"] = settings.model_path
+    if settings.checkpoint_folder:
+        options["checkpoint_folder"] = settings.checkpoint_folder
     if inputs["kind"] == "scan":
         result = pipeline().fit_scan(inputs["vertices"], inputs["faces"], up="z", refine=settings.refine, **options)
     else:

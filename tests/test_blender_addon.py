@@ -8,7 +8,6 @@ returns known parameters, so what is checked is the Blender side: inputs in, cha
 import blender_support  # noqa: F401  (first: sets Blender's user folder before bpy is imported)
 
 import importlib
-import sys
 import threading
 from types import SimpleNamespace
 from unittest import mock
@@ -213,6 +212,21 @@ def test_photo_file_is_fitted(pipeline, tmp_path):
     assert [a.name for a in characters()] == ["person.png LVD"]
 
 
+def test_image_empty_is_fitted_at_the_cursor(pipeline):
+    image = bpy.data.images.new("Person", 48, 64)
+    image.pixels.foreach_set(np.full(48 * 64 * 4, 0.8, np.float32))
+    empty = bpy.data.objects.new("Reference", None)
+    empty.empty_display_type, empty.data = "IMAGE", image
+    bpy.context.scene.collection.objects.link(empty)
+    activate(empty)
+    bpy.context.scene.lvd.input_kind = "PHOTO"
+    bpy.context.scene.cursor.location = (2.0, 3.0, 0.0)
+    assert bpy.ops.lvd.fit() == {"FINISHED"}
+    [armature] = characters()
+    assert armature.name == "Reference LVD"
+    assert np.allclose(armature.matrix_world.translation, (2.0, 3.0, 0.0), atol=1e-6)  # no camera distance
+
+
 BAD_INPUTS = {
     "nothing selected": (lambda tmp: activate(), "nothing selected"),
     "non-mesh object": (lambda tmp: activate(bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))), "not a mesh"),
@@ -291,7 +305,7 @@ def make_run(addon, count):
     for k in range(count):
         vertices = np.random.default_rng(k).normal(size=(50, 3))
         items.append(addon.jobs.Item(f"Scan{k}", {"kind": "scan", "vertices": vertices, "faces": None, "metres_per_unit": 1.0}))
-    settings = addon.fitting.FitSettings("anny-hand", None, "cpu", None, True, False)
+    settings = addon.fitting.FitSettings("anny-hand", None, None, "cpu", None, True, False)
     return addon.fitting.FitRun(items, settings, skipped=[])
 
 
