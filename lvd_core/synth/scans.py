@@ -104,17 +104,9 @@ def tight_clothing_offsets(surface, rng: np.random.Generator, realism: ScanReali
 
 
 def hair_offsets(surface, rng: np.random.Generator, realism: ScanRealism) -> np.ndarray:
-    """(V,) outward offsets of a hair volume on the top and back of the head (decided on the rest template,
-    so the face stays bare), thickest at the crown."""
-    head = surface.part_mask("head")
-    centre = surface.template[head].mean(0)
-    rel = surface.template - centre
-    height = rel @ surface.up
-    behind = -(rel @ surface.forward)
-    # Above the brow (about 4 cm over the head centre), or behind the ears; ramps avoid a step at the hairline.
-    coverage = np.clip(np.maximum((height - 0.02) / 0.04, (behind - 0.02) / 0.04 + (height + 0.04) / 0.08 - 1), 0, 1)
+    """(V,) outward offsets of a hair volume on the top and back of the head, varying smoothly."""
     thickness = rng.uniform(*realism.hair_thickness)
-    return np.where(head, coverage * thickness * (1 + 0.3 * smooth_field(surface.template, rng, 0.15)), 0.0)
+    return surface.hair * thickness * (1 + 0.3 * smooth_field(surface.template, rng, 0.15))
 
 
 def loose_garment(

@@ -41,7 +41,8 @@ def joint_part(joint_name: str) -> str:
 @dataclass(frozen=True)
 class BodySurface:
     """faces (F, 3) int64; incidence (V, F) sparse vertex-face matrix; vertex_part (V,) index into PART_NAMES;
-    template (V, 3) the neutral rest mesh (coordinates for smooth fields that follow the body); up, forward (3,)."""
+    template (V, 3) the neutral rest mesh (coordinates for smooth fields that follow the body); up, forward (3,);
+    hair (V,) in [0, 1] where hair grows."""
 
     faces: np.ndarray
     incidence: scipy.sparse.csr_matrix
@@ -49,6 +50,7 @@ class BodySurface:
     template: np.ndarray
     up: np.ndarray
     forward: np.ndarray
+    hair: np.ndarray
 
     def part_mask(self, *parts: str) -> np.ndarray:
         """(V,) bool: vertices in any of `parts`."""
@@ -66,10 +68,22 @@ def body_surface(body) -> BodySurface:
     joint_parts = np.array([PART_NAMES.index(joint_part(n)) for n in body.joint_names])
     vertex_part = joint_parts[body.skinning_weights.detach().cpu().numpy().argmax(1)]
     template = body(body.zero_params(1)).vertices[0].detach().cpu().numpy().astype(np.float32)
-    return BodySurface(
-        faces, incidence, vertex_part, template, np.array(UP_VECTORS[body.up_axis]),
-        np.array(FORWARD_VECTORS[body.up_axis]),
-    )
+    up, forward = np.array(UP_VECTORS[body.up_axis]), np.array(FORWARD_VECTORS[body.up_axis])
+    head = vertex_part == PART_NAMES.index("head")
+    return BodySurface(faces, incidence, vertex_part, template, up, forward, hair_coverage(template, head, up, forward))
+
+
+def hair_coverage(template: np.ndarray, head: np.ndarray, up: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """(V,) in [0, 1]: where hair grows, decided on the rest template so the face stays bare: above the brow
+    (about 4 cm over the head centre) or behind the ears, with ramps so there is no step at the hairline.
+    template (V, 3), head (V,) bool."""
+    if not head.any():
+        return np.zeros(len(head), dtype=np.float32)
+    rel = template - template[head].mean(0)
+    height = rel @ up
+    behind = -(rel @ forward)
+    coverage = np.clip(np.maximum((height - 0.02) / 0.04, (behind - 0.02) / 0.04 + (height + 0.04) / 0.08 - 1), 0, 1)
+    return np.where(head, coverage, 0.0).astype(np.float32)
 
 
 def face_cross(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
