@@ -237,3 +237,10 @@ def test_real_hand_scans_load_unitless(shared_data, index):
     assert scan.units == "unitless" and scan.kind == "hand"
     canonical = normalize(scan, up_out="y", height=1.0).to_canonical(scan.vertices)
     assert np.ptp(canonical, axis=0).max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mesh_of_only_degenerate_faces_becomes_a_point_cloud():
+    mesh = body_mesh_z_up()
+    collapsed = np.stack([np.arange(len(mesh.vertices))] * 3, axis=1)
+    scan = load_scan((mesh.vertices, collapsed))
+    assert scan.faces is None and len(scan.points) == len(mesh.vertices)

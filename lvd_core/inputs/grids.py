@@ -6,11 +6,16 @@ factors[k]; with raw_channel the last channel is d itself. d is the distance fro
 nearest of the given points, squared when squared=True (the paper).
 
 Speed: a KD-tree query costs more the farther the sample is from the points, and most of a 128^3 grid is
-far. Values beyond the largest threshold are clamped anyway, so when there is no raw channel the query is
-cut there and the grid is exact. For the raw channel, distances are exact (KD-tree) inside `exact_band`
-and elsewhere the distance to the representative point of the nearest occupied cell (a Euclidean distance
-transform with indices): an upper bound at most sqrt(3) cells above the exact value (measured: mean 0.1,
-p99 0.5 cell on the sample body scan).
+far. A Euclidean distance transform over the occupied cells (scipy.ndimage, with indices) first bounds every
+sample's distance from both sides; only samples whose lower bound is inside a band go to the KD-tree,
+which also stops searching at the band. Outside the band the value is the upper bound: the distance to an
+actual point of the nearest occupied cell, at most one cell diagonal above exact (measured on the sample
+body scan: mean 0.12, p99 0.5 cell). The band is the largest threshold when there is no raw channel (the grid is
+then exact), else `exact_band` (None: a KD-tree query for every sample, exact and about 10x slower).
+PAPER_* use a band of 0.1, which makes their first channels exact (see benchmarks/results_inputs_scan.md).
+
+The paper measured distances to the scan's vertices; pass `Scan.points` (area-weighted surface samples) or
+the vertices, both work.
 """
 
 from __future__ import annotations

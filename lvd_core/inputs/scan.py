@@ -221,6 +221,8 @@ def merge_duplicate_vertices(vertices, faces):
         faces = inverse.reshape(-1)[faces]
         collapsed = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
         faces = faces[~collapsed]
+        if len(faces) == 0:
+            return vertices, None, count - len(vertices)  # nothing but degenerate faces: a point cloud
         used = np.zeros(len(vertices), bool)
         used[faces] = True
         if not used.all():
