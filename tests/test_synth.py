@@ -30,6 +30,7 @@ from lvd_core.synth import (
     sample_shape,
     save_validation_set,
     to_file_frame,
+    write_scan_file,
 )
 from lvd_core.synth.surface import body_surface, vertex_normals
 from synthetic_models import make_model_arrays, write_npz
@@ -204,6 +205,15 @@ def test_units_and_up_axis_round_trip(anny, units, up_axis):
     tallest = np.ptp(file_points, axis=0).argmax()
     assert tallest == "xyz".index(up_axis)
     assert np.ptp(file_points, axis=0).max() == pytest.approx(np.ptp(points, axis=0).max() * {"m": 1, "cm": 100, "mm": 1000}[units], rel=1e-5)
+
+
+def test_scan_files_read_back_into_the_model_frame(anny, tmp_path):
+    import trimesh
+
+    scan = SyntheticScans("anny", seed=3)[0]
+    path = write_scan_file(scan, "z", tmp_path / "scan.ply", units="mm", up_axis="y")
+    read = np.asarray(trimesh.load(path).vertices, dtype=np.float32)
+    np.testing.assert_allclose(from_file_frame(read, "z", units="mm", up_axis="y"), scan.points, atol=1e-6)
 
 
 def test_validation_set_regenerates_exactly(tmp_path):

@@ -6,7 +6,8 @@ Sample i of `SyntheticScans(body_name, seed, ...)` depends only on (seed, i): it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from .poses import sample_global_orient, sample_pose
 from .scans import ScanRealism, SyntheticScan, make_scan
 from .shapes import sample_shape
 
-SHAPE_BLOCK = 64  # shapes are drawn in blocks: anny's shape sampler costs ~20 ms a call, ~0.5 ms a body in a block
+SHAPE_BLOCK = 64  # shapes are drawn in blocks: anny's shape sampler costs ~5 ms a call, <0.1 ms a body in a block
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,6 @@ def held_out_set(
 def save_validation_set(dataset: SyntheticScans, path: str | Path) -> Path:
     """A compact .npz of the set's parameters and settings (not the points): `load_validation_set` regenerates
     the scans exactly from it."""
-    import json
-    from dataclasses import asdict
-
     scans = list(dataset)
     params = BodyParams.concatenate([scan.params for scan in scans]).to_numpy()
     settings = {
@@ -137,8 +135,6 @@ def save_validation_set(dataset: SyntheticScans, path: str | Path) -> Path:
 def load_validation_set(path: str | Path, body_path: str | Path | None = None) -> tuple[SyntheticScans, dict]:
     """The dataset stored by `save_validation_set` and its stored parameters {name: (n, ...) array} (to check
     that the regenerated bodies match)."""
-    import json
-
     with np.load(path, allow_pickle=False) as npz:
         settings = json.loads(str(npz["settings"]))
         params = {key: npz[key] for key in npz.files if key != "settings"}

@@ -151,7 +151,7 @@ def _hand_rig(body, rest: np.ndarray, index: dict, fwd: np.ndarray, side: str | 
     pos = lambda name: rest[index[name + suffix]]  # noqa: E731
     wrist = rest[index["wrist" + suffix]]
     # Palm normal, pointing out of the palm: (index - wrist) x (little - wrist) points out of the back of a
-    # right hand (checked on renders of fists), so it is negated for the right, and mirrored for the left.
+    # right hand (checked: fists then curl towards it), so it is negated for the right, and mirrored for the left.
     normal = _unit(np.cross(pos(bones["index"][0]) - wrist, pos(bones["little"][0]) - wrist)) * sign
     rig = []
     for finger, names in bones.items():
@@ -166,7 +166,6 @@ def _hand_rig(body, rest: np.ndarray, index: dict, fwd: np.ndarray, side: str | 
 # ---------------------------------------------------------------------------------------------------------
 # Families: anatomical angle ranges (degrees) per abstract joint, (flex, abduct, twist) each (low, high).
 
-_STILL = ((0, 0), (0, 0), (0, 0))
 _BODY_BASE = {
     "hip": ((-5, 5), (0, 8), (-10, 10)), "knee": ((0, 8), (0, 0), (0, 0)), "ankle": ((-5, 5), (-3, 3), (-5, 5)),
     "spine": ((-5, 8), (-5, 5), (-8, 8)), "neck": ((-10, 15), (-8, 8), (-20, 20)), "clavicle": ((-3, 3), (-3, 5), (0, 0)),
