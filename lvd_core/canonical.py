@@ -1,0 +1,58 @@
+"""The canonical frame the compact networks work in, and the vertex subset they predict.
+
+Canonical frame: Z up, the body's height (a hand's largest extent) scaled to 1, its bounding box centred at
+the origin; `lvd_core.inputs.frame.normalize` makes it from any scan and keeps the exact inverse. Training
+builds it from the synthetic scan's own points exactly as inference does from the user's scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .body import HAND_MODEL_NAMES, BodyModel
+from .inputs.frame import NormalizedFrame, normalize
+from .inputs.scan import Scan
+
+
+def body_kind(body: BodyModel) -> str:
+    """"hand" or "body": how scans of this model are sized (largest extent or height)."""
+    return "hand" if body.name in HAND_MODEL_NAMES else "body"
+
+
+def canonical_frame(points: np.ndarray, up: str, kind: str, units: str = "m") -> NormalizedFrame:
+    """The canonical frame of points (N, 3) given in metres (or `units`) with up axis `up`."""
+    points = np.asarray(points, dtype=np.float64)
+    scan = Scan(vertices=points, faces=None, points=points.astype(np.float32), units=units, up=up, source="", kind=kind)
+    return normalize(scan, up_out="z", height=1.0, center="bbox")
+
+
+def farthest_point_subset(points: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Indices (count,) of a well-spread subset of points (N, 3): greedy farthest-point sampling."""
+    rng = np.random.default_rng(seed)
+    chosen = np.empty(count, dtype=np.int64)
+    chosen[0] = rng.integers(len(points))
+    distance = np.linalg.norm(points - points[chosen[0]], axis=1)
+    for i in range(1, count):
+        chosen[i] = int(distance.argmax())
+        distance = np.minimum(distance, np.linalg.norm(points - points[chosen[i]], axis=1))
+    return np.sort(chosen)
+
+
+def rest_template(body: BodyModel) -> np.ndarray:
+    """(V, 3) the neutral body in its rest pose, model frame, metres."""
+    with torch.no_grad():
+        return body(body.zero_params(1)).vertices[0].cpu().double().numpy()
+
+
+def canonical_template(body: BodyModel, vertex_ids: np.ndarray) -> np.ndarray:
+    """(N, 3) the rest body's vertices `vertex_ids` in its own canonical frame: where the descent starts."""
+    rest = rest_template(body)
+    frame = canonical_frame(rest, body.up_axis, body_kind(body))
+    return frame.to_canonical(rest[vertex_ids]).astype(np.float32)
+
+
+def yaw_rotation(angle_rad: float) -> np.ndarray:
+    """(3, 3) rotation about the canonical Z (up) axis."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
