@@ -1,0 +1,260 @@
+"""From an input (scan or photo) to fitted body-model parameters: the one pipeline the CLI and Blender share.
+
+fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> distance grid -> LVD descent
+from the template, for a few facing hypotheses at once -> body fit to the predicted vertices (the best
+facing kept) -> optional refinement against the scan surface -> everything mapped back to the input's own
+frame and units.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .body import BodyModel, BodyParams, load_body_model
+from .canonical import body_kind, canonical_template, yaw_rotation
+from .checkpoints import CheckpointError, load_checkpoint
+from .descent import descend
+from .devices import pick_device
+from .fit import FitOptions, fit_to_vertices, refine_to_surface
+from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
+from .inputs.grids import COMPACT_BODY, PAPER_BODY, PAPER_HAND
+from .inputs.scan import Scan, load_scan
+from .nets.compact import CompactScanLVD
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+# The checkpoint each shipped body model uses by default (under WEIGHTS_DIR or a user's checkpoint folder).
+DEFAULT_SCAN_WEIGHTS = {
+    "anny": "anny-body-scan/checkpoint.pt",
+    "anny-hand": "anny-hand-scan/checkpoint.pt",
+    "anny-hand-right": "anny-hand-scan/checkpoint.pt",
+}
+SURFACE_POINTS = 4000  # scan points the surface refinement matches against
+
+
+class FitCancelled(Exception):
+    """The caller's cancel event was set; nothing was returned."""
+
+
+class InputError(ValueError):
+    """The input or the options cannot be fitted; the message is one line: the problem and the fix."""
+
+
+@dataclass
+class FitResult:
+    """One fitted input. `params` (batch 1) are in the model frame (metres, model up axis);
+    `input_from_model` (4, 4) maps that frame to the input's own frame and units; `vertices_input` (V, 3) is
+    the fitted mesh there. residual_mm: median distance from the scan to the fitted body, in mm."""
+
+    body_name: str
+    params: BodyParams
+    input_from_model: np.ndarray
+    vertices_input: np.ndarray
+    lvd_vertices_input: np.ndarray  # (N, 3) what the network predicted (its vertex subset), input frame
+    residual_mm: float
+    units: str
+    timings: dict = field(default_factory=dict)
+    facing_deg: float = 0.0
+
+
+def _report(progress, fraction: float, message: str, cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise FitCancelled("cancelled")
+    if progress is not None:
+        progress(fraction, message)
+
+
+def resolve_weights(body: str, weights: str | Path | None, checkpoint_folder: str | Path | None = None) -> Path:
+    """The checkpoint file to use: the given one, else the default for `body` in the user's folder or ours."""
+    if weights:
+        return Path(weights).expanduser()
+    default = DEFAULT_SCAN_WEIGHTS.get(body)
+    if default is None:
+        raise InputError(
+            f"no trained scan network ships for the {body} body model: train one with `lvd train --body {body} "
+            f"--model-file ...` or pass the authors' released checkpoint with --weights"
+        )
+    for folder in ([Path(checkpoint_folder).expanduser()] if checkpoint_folder else []) + [WEIGHTS_DIR]:
+        if (folder / default).is_file():
+            return folder / default
+    raise InputError(f"the scan network for {body} is missing ({WEIGHTS_DIR / default}): reinstall LVD or pass --weights")
+
+
+_network_cache: dict[tuple, torch.nn.Module] = {}
+
+
+def load_network(path: Path, device: torch.device) -> torch.nn.Module:
+    """Our checkpoint or the authors' released file (cached per process)."""
+    key = (str(path), str(device))
+    if key not in _network_cache:
+        try:
+            _network_cache[key] = load_checkpoint(path, device=device)
+        except CheckpointError as ours:
+            from .checkpoints import load_paper_checkpoint
+
+            try:
+                _network_cache[key] = load_paper_checkpoint(path, device=device)
+            except CheckpointError:
+                raise ours from None
+    return _network_cache[key]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# frames
+
+
+def model_frame(scan: Scan, body: BodyModel, canonical: NormalizedFrame) -> tuple[np.ndarray, bool]:
+    """(4, 4) input -> model frame (metres, the model's up axis, bounding box at the origin) and whether the
+    fit must find the scale (unitless scans: their size in metres is unknown)."""
+    metres = canonical.metres_per_canonical
+    fit_scale = metres is None
+    if fit_scale:  # unitless: size it like the neutral model, the fit's scale finds the rest
+        rest = body(body.zero_params(1)).vertices[0].detach().cpu().numpy()
+        extent = rest.max(0) - rest.min(0)
+        metres = float(extent.max() if body_kind(body) == "hand" else extent["xyz".index(body.up_axis)])
+    to_model_up = QUARTER_TURNS[("z", body.up_axis)]
+    matrix = np.eye(4)
+    matrix[:3, :3] = metres * to_model_up @ (canonical.scale * canonical.rotation)
+    matrix[:3, 3] = metres * to_model_up @ canonical.translation
+    return matrix, fit_scale
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LVD
+
+
+def predict_vertices(network, scan: Scan, body: BodyModel, device, iterations: int, facings: int) -> tuple[np.ndarray, np.ndarray, NormalizedFrame, np.ndarray]:
+    """LVD on a scan: (facings, N, 3) predicted vertices in the input frame, their vertex ids (N,), the
+    canonical frame, and the facing angles tried (degrees)."""
+    if isinstance(network, CompactScanLVD):
+        frame = normalize(scan, up_out="z", height=1.0)
+        canonical = frame.to_canonical(scan.points.astype(np.float64))
+        angles = np.arange(facings) * 2 * np.pi / facings
+        rotations = [yaw_rotation(a) for a in angles]
+        grids = np.stack([COMPACT_BODY.grid(canonical @ r) for r in rotations])  # rotate the scan by -angle
+        vertex_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
+        start = network.template[None].expand(facings, -1, -1)
+    else:  # the authors' networks: Y up, height 1.5, 128^3, start at the origin, all vertices
+        frame = normalize(scan, up_out="y", height=1.5)
+        preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
+        grids = preset.grid(frame.to_canonical(scan.points.astype(np.float64)))[None]
+        angles, rotations = np.zeros(1), [np.eye(3)]
+        vertex_ids = np.arange(network.vertex_count)
+        start = torch.zeros(1, 1, 3)
+    with torch.no_grad():
+        features = network.encode(torch.from_numpy(grids).float().to(device))
+        result = descend(network, features, start.to(device), iterations=iterations)
+    predicted = result.vertices.double().cpu().numpy()
+    unrotated = np.stack([p @ r.T for p, r in zip(predicted, rotations)])
+    return frame.to_input(unrotated), vertex_ids, frame, np.degrees(angles)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fit_scan(
+    source,
+    faces: np.ndarray | None = None,
+    *,
+    body: str = "anny",
+    model_path: str | Path | None = None,
+    units: str | None = None,
+    up: str | None = None,
+    weights: str | Path | None = None,
+    checkpoint_folder: str | Path | None = None,
+    device: str = "auto",
+    iterations: int | None = None,
+    facings: int = 4,
+    refine: bool = True,
+    progress=None,
+    cancel: threading.Event | None = None,
+) -> FitResult:
+    """Fit `body` to a scan: a path, or vertices (N, 3) with `faces` (F, 3) or None (a point cloud).
+
+    progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
+    FitCancelled. Bad input raises ScanError / InputError / BodyModelError / CheckpointError (all ValueError)
+    with a one-line message.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    _report(progress, 0.0, "loading the scan", cancel)
+    torch_device = pick_device(device)
+    model = load_body_model(body, model_path, device=torch_device)
+    kind = body_kind(model)
+    scan = load_scan(source if faces is None and not isinstance(source, np.ndarray) else (source, faces), units=units, up=up, kind=kind)
+    lap("load")
+    network = load_network(resolve_weights(body, weights, checkpoint_folder), torch_device)
+    meta = getattr(network, "checkpoint_metadata", {})
+    if isinstance(network, CompactScanLVD) and meta.get("body") not in (model.name, body):
+        raise InputError(f"the checkpoint was trained for the {meta.get('body')} body model, not {body}: pass matching --weights")
+    if network.vertex_count > model.vertex_count:
+        raise InputError(f"the checkpoint predicts {network.vertex_count} vertices, the {body} model has {model.vertex_count}")
+    lap("network")
+    _report(progress, 0.15, "predicting vertices (LVD)", cancel)
+    iterations = iterations or 10
+    predicted, vertex_ids, canonical, angles = predict_vertices(network, scan, model, torch_device, iterations, facings)
+    lap("lvd")
+    _report(progress, 0.45, "fitting the body", cancel)
+    to_model, fit_scale = model_frame(scan, model, canonical)
+    targets = torch.as_tensor(np.stack([_apply(to_model, p) for p in predicted]), dtype=model.dtype, device=torch_device)
+    ids = torch.as_tensor(vertex_ids, device=torch_device)
+    options = FitOptions(fit_scale=fit_scale)
+    best = 0
+    if len(angles) > 1:  # a quick fit per facing: the right facing gives a body-like prediction
+        quick = FitOptions(fit_scale=fit_scale, pose_iterations=2, alternations=0, full_iterations=2, robust_iterations=0)
+        best = int(fit_to_vertices(model, targets, ids, options=quick).residuals.mean(1).argmin())
+    fit = fit_to_vertices(model, targets[best : best + 1], ids, options=options)
+    lap("fit")
+    scan_model = _apply(to_model, scan.points.astype(np.float64))
+    if refine:
+        _report(progress, 0.75, "refining against the scan surface", cancel)
+        sample = np.random.default_rng(0).choice(len(scan_model), min(SURFACE_POINTS, len(scan_model)), replace=False)
+        points = torch.as_tensor(scan_model[sample], dtype=model.dtype, device=torch_device)
+        fit = refine_to_surface(model, fit, targets[best : best + 1], [points], ids, options)
+        lap("refine")
+    input_from_model = np.linalg.inv(to_model)
+    vertices_model = fit.vertices[0].detach().cpu().double().numpy()
+    # In the model frame: millimetres for scans with units; for unitless ones, millimetres of a model-sized body.
+    residual_mm = 1000 * _median_distance(scan_model, vertices_model)
+    _report(progress, 1.0, "done", cancel)
+    return FitResult(
+        body_name=model.name,
+        params=fit.params.to(device="cpu"),
+        input_from_model=input_from_model,
+        vertices_input=_apply(input_from_model, vertices_model),
+        lvd_vertices_input=predicted[best],
+        residual_mm=float(residual_mm),
+        units=scan.units,
+        timings=timings,
+        facing_deg=float(angles[best]),
+    )
+
+
+def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
+    from scipy.spatial import cKDTree
+
+    return float(np.median(cKDTree(target).query(source, k=1)[0]))
+
+
+def fit_photo(image, mask=None, **options) -> FitResult:
+    """Photos need a trained image network, and none ships yet (see weights/README.md)."""
+    raise InputError(
+        "fitting photos needs a trained image LVD network and none ships with this version yet: fit a scan, or "
+        "pass the authors' released image checkpoint once supported (see weights/README.md)"
+    )

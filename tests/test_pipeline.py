@@ -1,0 +1,87 @@
+"""fit_scan end to end: the fitted body lands on the input whatever its units, up axis and placement."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from lvd_core.body import BodyModelError, load_body_model
+from lvd_core.checkpoints import CheckpointError
+from lvd_core.inputs.scan import ScanError
+from lvd_core.pipeline import WEIGHTS_DIR, FitCancelled, InputError, fit_photo, fit_scan
+from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params, to_file_frame
+
+# The issue's bound: the fitted body lies on an unclothed scan of known parameters to under 1 cm on average
+# (distance from each fitted vertex to the nearest of 30k scan points, ~8 mm apart: a perfect fit scores ~3 mm).
+LANDS_ON_INPUT_MM = 10.0
+
+
+@pytest.fixture(scope="module")
+def clean_scan():
+    body = load_body_model("anny")
+    rng = np.random.default_rng(7)
+    params = sample_params(body, rng, 1, BodySampling(yaw_range_deg=20, families=("standing", "a_pose", "walking")))
+    scan = make_scan(body, params, rng, realism=ScanRealism.clean(points=30000))
+    return scan
+
+
+def _distance_mm(fitted: np.ndarray, scan_points: np.ndarray, metres_per_unit: float) -> float:
+    """Mean distance from the fitted body's vertices to the (unclothed) scan, in mm."""
+    from scipy.spatial import cKDTree
+
+    return float(cKDTree(scan_points).query(fitted)[0].mean() * metres_per_unit * 1000)
+
+
+@pytest.mark.parametrize("units,up,offset", [("m", "z", 0.0), ("cm", "y", 0.0), ("mm", "z", 2500.0)])
+def test_fit_lands_on_the_input_in_its_own_frame(clean_scan, units, up, offset):
+    """Same body in metres Z-up, centimetres Y-up, millimetres far from the origin: the fitted mesh comes back
+    in the input's frame and lies on the scan."""
+    points = to_file_frame(clean_scan.points, "z", units=units, up_axis=up) + offset
+    result = fit_scan(points, None, facings=1)
+    assert result.units == units
+    metres_per_unit = {"m": 1.0, "cm": 0.01, "mm": 0.001}[units]
+    assert _distance_mm(result.vertices_input, points, metres_per_unit) < LANDS_ON_INPUT_MM
+
+
+def test_progress_and_cancel(clean_scan):
+    seen = []
+    fit_scan(clean_scan.points, None, facings=1, refine=False, progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(FitCancelled):
+        fit_scan(clean_scan.points, None, cancel=cancel)
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, clean_scan):
+    empty = tmp_path / "empty.obj"
+    empty.write_text("")
+    cases = [
+        (ScanError, lambda: fit_scan(empty)),
+        (ScanError, lambda: fit_scan(np.full((500, 3), np.nan), None)),
+        (BodyModelError, lambda: fit_scan(clean_scan.points, None, body="smpl")),
+        (BodyModelError, lambda: fit_scan(clean_scan.points, None, body="mano")),
+        (InputError, lambda: fit_scan(clean_scan.points, None, body="anny-hand-left")),
+        (CheckpointError, lambda: fit_scan(clean_scan.points, None, weights=tmp_path / "missing.pt")),
+        (InputError, lambda: fit_photo(np.zeros((256, 256, 3), np.uint8))),
+    ]
+    for error, call in cases:
+        with pytest.raises(error) as info:
+            call()
+        assert "\n" not in str(info.value), str(info.value)
+
+
+def test_network_for_another_body_is_refused(clean_scan):
+    hand_weights = WEIGHTS_DIR / "anny-hand-scan" / "checkpoint.pt"
+    if not hand_weights.exists():
+        pytest.skip("no hand network shipped")
+    with pytest.raises(InputError, match="trained for"):
+        fit_scan(clean_scan.points, None, weights=hand_weights)
+
+
+def test_fit_is_deterministic(clean_scan):
+    a = fit_scan(clean_scan.points, None, facings=1, refine=False)
+    b = fit_scan(clean_scan.points, None, facings=1, refine=False)
+    assert np.allclose(a.vertices_input, b.vertices_input, atol=1e-5)
+    assert torch.equal(a.params.joint_pose, b.params.joint_pose)
