@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+# Training leftovers beside the shipped checkpoints: users need the checkpoint and its manifest only.
+IGNORED_WEIGHTS = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "train_state.pt", "log.jsonl", "train.log")
 
 
 def blender_ext_script() -> Path:
@@ -47,7 +49,7 @@ def stage(destination: Path, *, link: bool = False) -> Path:
         if link:
             target.symlink_to(source)
         elif source.is_dir():
-            shutil.copytree(source, target, ignore=IGNORED)
+            shutil.copytree(source, target, ignore=IGNORED_WEIGHTS if source.name == "weights" else IGNORED)
         else:
             shutil.copy2(source, target)
     return destination
