@@ -39,10 +39,9 @@ class FitOptions:
     # above it stop pulling.
     robust_scale: float = 0.03
     fit_scale: bool = True
-    # Starting shapes, each fitted in full (as one batch) and the best kept per input. Anny's phenotype space has
-    # local minima a few millimetres deep (e.g. an old body and a posed teenager): restarts reach the global one.
-    # Values are the first entries of the shape vector (for Anny: gender, age); None = the neutral shape only.
-    shape_starts: tuple | None = None
+    # Anny: ages the fit restarts from once settled (see escape_shape_minima); () to skip.
+    age_probes: tuple = (0.3, 0.55, 0.8, 0.95)
+    probe_iterations: int = 4
     surface_iterations: int = 30  # refine_to_surface rounds
     surface_weight: float = 1.0
 
@@ -317,19 +316,36 @@ def robust_scale(targets: Tensor, options: FitOptions) -> float:
     return float(options.robust_scale * extent.median())
 
 
-def _shape_starts(body: BodyModel, options: FitOptions) -> Tensor:
-    """(K, S) the starting shapes: the neutral one, or options.shape_starts over the neutral one."""
-    neutral = body.default_shape()
-    if not options.shape_starts:
-        return neutral[None]
-    starts = neutral.repeat(len(options.shape_starts), 1)
-    for i, values in enumerate(options.shape_starts):
-        starts[i, : len(values)] = torch.as_tensor(values, dtype=starts.dtype)
-    return starts
-
-
-def _select(params: BodyParams, rows: Tensor) -> BodyParams:
-    return BodyParams(*(getattr(params, f)[rows] for f in ("global_orient", "joint_pose", "shape", "translation", "scale")))
+def escape_shape_minima(
+    body: BodyModel, free: _Free, targets: Tensor, vertex_ids: Tensor, weights: Tensor, options: FitOptions
+) -> None:
+    """Anny's phenotypes blend anchor shapes piecewise-linearly (age anchors at 1/3 and 2/3), and the pose
+    adapts to whatever age the fit settles at: Levenberg-Marquardt then stays a few mm from the answer when it
+    lies past a kink. Restart from probe ages (everything else as fitted; a short full stage from each, all in
+    one batch) and keep, per input, the best when it beats the current fit."""
+    batch = targets.shape[0]
+    current = free.params().detach()
+    probes = torch.tensor(options.age_probes, dtype=body.dtype, device=body.device)
+    count = len(probes)
+    shapes = current.shape.repeat(count, 1)  # probe k of item b at row k * batch + b
+    shapes[:, body.shape_names.index("age")] = probes.repeat_interleave(batch)
+    many = lambda t: t.repeat(count, *[1] * (t.dim() - 1))  # noqa: E731
+    trial = _Free(
+        body,
+        BodyParams(many(current.global_orient), many(current.joint_pose), shapes, many(current.translation), many(current.scale)),
+        options.fit_scale,
+    )
+    targets_k, weights_k = many(targets), many(weights)
+    levenberg_marquardt(body, trial, "full", targets_k, vertex_ids, weights_k, options, options.probe_iterations)
+    with torch.no_grad():
+        error = lambda p, t: (body(p, vertex_ids=vertex_ids).vertices - t).square().sum(-1).mean(1)  # noqa: E731
+        trial_error = error(trial.params(), targets_k).reshape(count, batch)
+        improved = trial_error.min(0).values < error(current, targets)
+        rows = trial_error.argmin(0) * batch + torch.arange(batch, device=body.device)
+        for name in _Free.NAMES:
+            chosen = getattr(trial, name).detach()[rows]
+            mask = improved.reshape(-1, *[1] * (chosen.dim() - 1))
+            getattr(free, name).copy_(torch.where(mask, chosen, getattr(free, name)))
 
 
 def vertex_loss(
@@ -361,28 +377,26 @@ def fit_to_vertices(
         vertex_ids = torch.arange(body.vertex_count, device=body.device)
     if weights is None:
         weights = torch.ones(targets.shape[:2], dtype=body.dtype, device=body.device)
-    batch = targets.shape[0]
-    starts = _shape_starts(body, options)  # (K, S)
-    k = len(starts)
-    targets_k, weights_k = targets.repeat(k, 1, 1), weights.repeat(k, 1)  # start i of item b at row i * B + b
     with torch.no_grad():
-        params = similarity_init(body, targets_k, vertex_ids, weights_k, options.fit_scale)
-        params = params.with_(shape=starts.repeat_interleave(batch, 0))
-        params = part_rotation_init(body, params, targets_k, vertex_ids)
+        params = similarity_init(body, targets, vertex_ids, weights, options.fit_scale)
+        params = part_rotation_init(body, params, targets, vertex_ids)
     free = _Free(body, params, options.fit_scale)
     # The pose first (the shape near neutral explains most of a body), then shape and pose alternately,
     # then everything; least squares first (every part pulls, however far), robust last (wild LVD vertices
     # stop pulling once the body is in place).
-    schedule = [("pose", options.pose_iterations, None)]
-    schedule += [("shape", options.shape_iterations, None), ("pose", options.pose_iterations, None)] * options.alternations
-    schedule += [("full", options.full_iterations, None), ("full", options.robust_iterations, robust_scale(targets, options))]
-    for stage, iterations, robust_scale_m in schedule:
-        levenberg_marquardt(body, free, stage, targets_k, vertex_ids, weights_k, options, iterations, robust_scale_m)
+    run = lambda stage, iterations, scale=None: levenberg_marquardt(  # noqa: E731
+        body, free, stage, targets, vertex_ids, weights, options, iterations, scale
+    )
+    run("pose", options.pose_iterations)
+    for _ in range(options.alternations):
+        run("shape", options.shape_iterations)
+        run("pose", options.pose_iterations)
+    run("full", options.full_iterations)
+    if "age" in body.shape_names and options.age_probes:
+        escape_shape_minima(body, free, targets, vertex_ids, weights, options)
+        run("full", options.full_iterations // 2)
+    run("full", options.robust_iterations, robust_scale(targets, options))
     params = free.params().detach()
-    if k > 1:
-        with torch.no_grad():
-            error = (body(params, vertex_ids=vertex_ids).vertices - targets_k).norm(dim=-1).mean(1).reshape(k, batch)
-        params = _select(params, error.argmin(0) * batch + torch.arange(batch, device=error.device))
     with torch.no_grad():
         vertices = body(params).vertices
         residuals = (vertices[:, vertex_ids] - targets).norm(dim=-1)
