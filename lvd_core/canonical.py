@@ -21,10 +21,36 @@ def body_kind(body: BodyModel) -> str:
 
 
 def canonical_frame(points: np.ndarray, up: str, kind: str, units: str = "m") -> NormalizedFrame:
-    """The canonical frame of points (N, 3) given in metres (or `units`) with up axis `up`."""
+    """The canonical frame of points (N, 3) given in `units` with up axis `up`.
+
+    Bodies stand upright, so the frame keeps their up axis (as Z); their facing is left to the caller's
+    hypotheses. Hands come in any orientation: their frame is their principal axes (see `principal_frame`)."""
     points = np.asarray(points, dtype=np.float64)
     scan = Scan(vertices=points, faces=None, points=points.astype(np.float32), units=units, up=up, source="", kind=kind)
-    return normalize(scan, up_out="z", height=1.0, center="bbox")
+    frame = normalize(scan, up_out="z", height=1.0, center="bbox")
+    return principal_frame(points, frame) if kind == "hand" else frame
+
+
+def principal_frame(points: np.ndarray, frame: NormalizedFrame) -> NormalizedFrame:
+    """`frame` turned so the points' principal axes become Z (longest: along the fingers), X, then Y, each
+    pointing where the points' third moment is positive (the heavier tail: palm vs fingertips), right-handed,
+    re-centred on the bounding box with the longest extent 1."""
+    centred = frame.to_canonical(points)
+    centred = centred - centred.mean(0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)  # rows: principal directions, largest first
+    axes = axes[[1, 2, 0]]  # -> x, y, z with z the longest
+    skew = ((centred @ axes.T) ** 3).mean(0)
+    axes *= np.where(skew < 0, -1.0, 1.0)[:, None]
+    if np.linalg.det(axes) < 0:
+        axes[1] *= -1  # the least reliable sign (the flattest axis) gives way to keep a rotation
+    aligned = frame.to_canonical(points) @ axes.T
+    size = (aligned.max(0) - aligned.min(0)).max()
+    centre = (aligned.max(0) + aligned.min(0)) / 2
+    scale = frame.scale / size
+    rotation = axes @ frame.rotation
+    translation = (axes @ frame.translation - centre) / size
+    metres = None if frame.metres_per_canonical is None else frame.metres_per_canonical * size
+    return NormalizedFrame(rotation, float(scale), translation, frame.input_units, frame.input_up, "z", metres)
 
 
 def farthest_point_subset(points: np.ndarray, count: int, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .body import BodyModel, BodyParams, load_body_model
-from .canonical import body_kind, canonical_template, yaw_rotation
+from .canonical import body_kind, canonical_frame, yaw_rotation
 from .checkpoints import CheckpointError, load_checkpoint
 from .descent import descend
 from .devices import pick_device
@@ -136,7 +136,7 @@ def predict_vertices(network, scan: Scan, body: BodyModel, device, iterations: i
     """LVD on a scan: (facings, N, 3) predicted vertices in the input frame, their vertex ids (N,), the
     canonical frame, and the facing angles tried (degrees)."""
     if isinstance(network, CompactScanLVD):
-        frame = normalize(scan, up_out="z", height=1.0)
+        frame = canonical_frame(scan.points, scan.up, scan.kind, scan.units)
         canonical = frame.to_canonical(scan.points.astype(np.float64))
         angles = np.arange(facings) * 2 * np.pi / facings
         rotations = [yaw_rotation(a) for a in angles]

@@ -1,0 +1,117 @@
+"""Quality of the shipped scan networks: held-out synthetic scans and the real sample inputs.
+
+Run: .venv/bin/python benchmarks/bench_quality.py [--n 16]  -> benchmarks/results_quality.md
+
+- Held-out synthetic set (the fixed validation seed, never trained on): mean and 90th-percentile vertex error
+  of the network's vertex subset after the descent, and of all vertices after the fit, for clothed scans
+  (default realism: clothes, skirts, hair, holes, noise, outliers), holey scans (many large holes, no
+  clothes), and hand scans (objects in the hand, wrist cuts).
+- Real inputs in ../shared/data: distance from each scan point to the fitted body (median, 90th percentile,
+  in mm, in the scan's own units converted to mm; the hands are unitless, so mm of a model-sized hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lvd_core.body import load_body_model  # noqa: E402
+from lvd_core.pipeline import WEIGHTS_DIR, fit_scan, load_network, resolve_weights  # noqa: E402
+from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
+
+SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+HOLEY = replace(ScanRealism.clean(), hole_count=(4, 8), hole_radius=(0.05, 0.15), missing_soles_probability=1.0,
+                missing_head_top_probability=0.5, missing_side_probability=0.3)  # fmt: skip
+
+
+def percentiles(errors_mm: np.ndarray) -> str:
+    return f"{errors_mm.mean():.0f} / {np.percentile(errors_mm, 90):.0f}"
+
+
+def synthetic_rows(body_name: str, realism: ScanRealism, label: str, n: int) -> str:
+    body = load_body_model(body_name)
+    scans = held_out_set(body_name, n, realism=realism, sampling=BodySampling(yaw_range_deg=30))
+    descent, fitted, seconds = [], [], []
+    for scan in scans:
+        start = time.perf_counter()
+        result = fit_scan(scan.points, None, body=body_name, units="m", up=body.up_axis)
+        seconds.append(time.perf_counter() - start)
+        ids = np.asarray(load_network(resolve_weights(body_name, None), torch.device("cpu")).checkpoint_metadata["vertex_ids"])
+        descent.append(np.linalg.norm(result.lvd_vertices_input - scan.vertices_gt[ids], axis=1) * 1000)
+        fitted.append(np.linalg.norm(result.vertices_input - scan.vertices_gt, axis=1) * 1000)
+    d, f = np.concatenate(descent), np.concatenate(fitted)
+    return f"| {label} | {len(scans)} | {percentiles(d)} | {percentiles(f)} | {np.mean(seconds):.1f} s |"
+
+
+def real_rows() -> list[str]:
+    from scipy.spatial import cKDTree
+
+    from lvd_core.inputs.scan import load_scan
+
+    rows = []
+    cases = [("scans/rp_dennis_posed_004_30k.obj", "anny")] + [(f"hands/sample_{i}.obj", "anny-hand") for i in range(3)]
+    for relative, body in cases:
+        path = SHARED / relative
+        if not path.exists():
+            rows.append(f"| {relative} | (not found) | | |")
+            continue
+        start = time.perf_counter()
+        result = fit_scan(path, body=body)
+        seconds = time.perf_counter() - start
+        scan = load_scan(path, kind="hand" if body != "anny" else "body")
+        distance = cKDTree(result.vertices_input).query(scan.points)[0]
+        mm_per_unit = {"m": 1000.0, "cm": 10.0, "mm": 1.0}.get(result.units)
+        if mm_per_unit is None:  # unitless hands: in millimetres of the fitted (model-sized) hand
+            mm_per_unit = 1000.0 / np.abs(np.linalg.det(result.input_from_model[:3, :3])) ** (1 / 3)
+        rows.append(
+            f"| {relative} ({body}, {result.units}) | {np.median(distance) * mm_per_unit:.1f} | "
+            f"{np.percentile(distance, 90) * mm_per_unit:.1f} | {seconds:.1f} s |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=16, help="held-out scans per set")
+    n = parser.parse_args().n
+    torch.set_num_threads(1)
+    lines = [
+        "# Quality of the shipped scan networks",
+        "",
+        f"`benchmarks/bench_quality.py --n {n}`; CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
+        "",
+        "Held-out synthetic scans (fixed validation seed), vertex error in mm, mean / 90th percentile:",
+        "",
+        "| set | scans | after descent (network's vertex subset) | after fit + surface refinement (all vertices) | time per fit |",
+        "|---|---|---|---|---|",
+    ]
+    lines.append(synthetic_rows("anny", ScanRealism(), "Anny body, clothed (default realism)", n))
+    lines.append(synthetic_rows("anny", HOLEY, "Anny body, holey (4-8 large holes, no clothes)", n))
+    if (WEIGHTS_DIR / "anny-hand-scan" / "checkpoint.pt").exists():
+        lines.append(synthetic_rows("anny-hand-right", ScanRealism(), "Anny hand (objects, wrist cuts)", n))
+    lines += [
+        "",
+        "Real inputs (../shared/data): distance from each scan point to the fitted body, mm:",
+        "",
+        "| input | median | 90th percentile | time |",
+        "|---|---|---|---|",
+        *real_rows(),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    (ROOT / "benchmarks" / "results_quality.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
