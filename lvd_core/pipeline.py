@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,11 @@ DEFAULT_SCAN_WEIGHTS = {
     "anny": "anny-body-scan/checkpoint.pt",
     "anny-hand": "anny-hand-scan/checkpoint.pt",
     "anny-hand-right": "anny-hand-scan/checkpoint.pt",
+    "anny-hand-left": "anny-hand-scan/checkpoint.pt",  # on the mirrored scan (see MIRRORED_BODIES)
 }
+# Bodies fitted with their mirror twin's network: the scan is mirrored (x -> -x) for the network and the
+# prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
+MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
 SURFACE_POINTS = 4000  # scan points the surface refinement matches against
 
 
@@ -201,14 +205,19 @@ def fit_scan(
     lap("load")
     network = load_network(resolve_weights(body, weights, checkpoint_folder), torch_device)
     meta = getattr(network, "checkpoint_metadata", {})
-    if isinstance(network, CompactScanLVD) and meta.get("body") not in (model.name, body):
+    if isinstance(network, CompactScanLVD) and meta.get("body") not in (model.name, body, MIRRORED_BODIES.get(body)):
         raise InputError(f"the checkpoint was trained for the {meta.get('body')} body model, not {body}: pass matching --weights")
     if network.vertex_count > model.vertex_count:
         raise InputError(f"the checkpoint predicts {network.vertex_count} vertices, the {body} model has {model.vertex_count}")
     lap("network")
     _report(progress, 0.15, "predicting vertices (LVD)", cancel)
     iterations = iterations or 10
-    predicted, vertex_ids, canonical, angles = predict_vertices(network, scan, model, torch_device, iterations, facings)
+    mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
+    seen = _mirror_x(scan) if mirrored else scan
+    predicted, vertex_ids, canonical, angles = predict_vertices(network, seen, model, torch_device, iterations, facings)
+    if mirrored:
+        predicted = predicted * [-1.0, 1.0, 1.0]
+        canonical = canonical_frame(scan.points, scan.up, scan.kind, scan.units)  # the unmirrored scan's, for the fit
     lap("lvd")
     _report(progress, 0.45, "fitting the body", cancel)
     to_model, fit_scale = model_frame(scan, model, canonical)
@@ -244,6 +253,11 @@ def fit_scan(
         timings=timings,
         facing_deg=float(angles[best]),
     )
+
+
+def _mirror_x(scan: Scan) -> Scan:
+    flip = np.array([-1.0, 1.0, 1.0])
+    return replace(scan, vertices=scan.vertices * flip, points=(scan.points * flip).astype(np.float32))
 
 
 def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
