@@ -15,6 +15,7 @@ import torch
 
 from lvd_core.descent import descend
 from lvd_core.nets.base import LVDNetwork, all_vertex_outputs, diagonal_of_all_offsets, own_vertex_outputs
+from lvd_core.nets.compact import CompactScanLVD
 from lvd_core.nets.paper import PaperImageLVD, PaperScanLVD
 
 RESULTS = Path(__file__).resolve().parent / "results_nets.md"
@@ -27,7 +28,14 @@ def cases() -> list[tuple[str, Callable[[], LVDNetwork], tuple[int, ...], float,
         ("paper image net (V=6890, 25.8 M params)", PaperImageLVD, (1, 3, 256, 256), 80.0, 5),
         (f"voxel net, head widths {'/'.join(map(str, REDUCED_HEAD[:2]))} instead of 2048/4096 (V=6890)",
          lambda: PaperScanLVD(head_widths=REDUCED_HEAD), (1, 7, 128, 128, 128), 0.7, 10),
+        ("compact scan net (ours, 1,024-vertex subset of Anny, 0.76 M params)",
+         lambda: CompactScanLVD(1024), (1, 4, 32, 32, 32), 0.5, 10),
     ]
+
+
+# The naive head of the compact net is a (B, P, V, hidden) tensor: 1 GB at P = V = 1024, so it is timed on a
+# slice of the points and scaled (it is linear in the number of points).
+NAIVE_SLICE = 64
 
 
 def seconds(action: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -52,10 +60,17 @@ def measure(network: LVDNetwork, input_shape: tuple[int, ...], spread: float, it
     inputs = torch.randn(input_shape, device=device)
     features = network.encode(inputs)
     points = (torch.rand(1, network.vertex_count, 3, device=device) * 2 - 1) * spread
-    hidden = network.point_hidden(features, points)
-    layer = network.offset_layer()
-    own_head = seconds(lambda: own_vertex_outputs(layer, hidden), device, repeats)
-    full_head = seconds(lambda: diagonal_of_all_offsets(all_vertex_outputs(layer, hidden)), device, repeats)
+    if isinstance(network, CompactScanLVD):  # a vertex-conditioned head: the whole pair MLP is the head
+        own_head = seconds(lambda: network.predict_own_offsets(features, points), device, repeats)
+        part = points[:, :NAIVE_SLICE]
+        full_head = seconds(lambda: network.predict_all_offsets(features, part), device, repeats) * (
+            network.vertex_count / NAIVE_SLICE
+        )
+    else:
+        hidden = network.point_hidden(features, points)
+        layer = network.offset_layer()
+        own_head = seconds(lambda: own_vertex_outputs(layer, hidden), device, repeats)
+        full_head = seconds(lambda: diagonal_of_all_offsets(all_vertex_outputs(layer, hidden)), device, repeats)
     return {
         "encoder": seconds(lambda: network.encode(inputs), device, repeats),
         "iteration": seconds(lambda: network.predict_own_offsets(features, points), device, repeats),
