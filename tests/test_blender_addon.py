@@ -330,3 +330,55 @@ def test_modal_escape_keeps_finished_characters(pipeline, addon):
     assert [a.name for a in characters()] == ["Scan0 LVD"]
     assert recorder.reports[-1][1] == "fitted 1 of 3, cancelled"
     assert any(text and "Esc to cancel" in text for text in recorder.status)
+
+
+# -- the real pipeline (lvd_core.pipeline with the shipped network) ------------------------------------------
+# The shipped Anny body network and fit: the character lands on the scan object, in the object's world
+# placement. Bound: the refined fit lies within ~1-2 cm of a clean synthetic scan (see test_pipeline.py and
+# weights/anny-body-scan/manifest.json); 30 mm leaves room for the network's remaining errors.
+ON_SCAN_MM = 30.0
+
+
+@pytest.fixture
+def real_pipeline(addon):
+    blender_support.reset_scene()
+    bpy.context.scene.lvd.body_model = "ANNY"
+    bpy.context.scene.lvd.input_kind = "SCAN"
+
+
+def body_scan_object(name, seed, location=(0.0, 0.0, 0.0)):
+    from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params
+
+    body = load_body_model("anny")
+    rng = np.random.default_rng(seed)
+    params = sample_params(body, rng, 1, BodySampling(yaw_range_deg=20, families=("standing", "a_pose")))
+    scan = make_scan(body, params, rng, realism=ScanRealism.clean(points=6000))
+    obj = scan_object(name, scan.points)
+    obj.location = location
+    return obj, scan.points + np.asarray(location)
+
+
+def mean_distance_mm(vertices, points):
+    from scipy.spatial import cKDTree
+
+    return float(cKDTree(points).query(vertices)[0].mean() * 1000)
+
+
+def test_real_fit_puts_the_character_on_the_scan(real_pipeline):
+    scan, world_points = body_scan_object("Person", seed=3, location=(2.0, -1.0, 0.5))
+    activate(scan)
+    assert bpy.ops.lvd.fit() == {"FINISHED"}
+    [armature] = characters()
+    [body_mesh] = armature.children
+    assert len(armature.data.bones) == 104 and len(body_mesh.data.vertices) == 13718
+    assert mean_distance_mm(blender_support.evaluated_world_vertices(body_mesh), world_points) < ON_SCAN_MM
+
+
+def test_real_batch_fit_skips_the_broken_object(real_pipeline):
+    first, _ = body_scan_object("Person A", seed=4)
+    second, _ = body_scan_object("Person B", seed=5, location=(1.5, 0.0, 0.0))
+    flat = scan_object("Flat", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)], [(0, 1, 3, 2)])
+    activate(first, second, flat)
+    assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
+    assert sorted(a.name for a in characters()) == ["Person A LVD", "Person B LVD"]
+    assert "Flat (" in bpy.context.window_manager.lvd_progress.last_summary
