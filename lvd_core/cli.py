@@ -53,14 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: a subcommand's parser would otherwise reset `lvd --debug fit ...` to False.
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of unexpected errors")
 
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                         help="torch CPU threads per process (default: 1; the fit's many small operations are slower on more)")
+
     fitting = argparse.ArgumentParser(add_help=False)
     group = fitting.add_argument_group("fitting")
     group.add_argument("--body", default="anny", choices=BODY_MODEL_NAMES, help="body model to fit (default: anny)")
     group.add_argument("--model-file", metavar="PATH", help="the SMPL / MANO model file (licensed, not shipped)")
     group.add_argument("--weights", metavar="PATH", help="scan network checkpoint (default: the one shipped for --body)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available")
-    group.add_argument("--threads", type=positive_int, default=1, metavar="N",
-                       help="CPU threads per fit (default: 1; the fit's many small operations are slower on more)")
     group.add_argument("--units", choices=("m", "cm", "mm"), help="the scan's units (default: detected from its size)")
     group.add_argument("--up", choices=("y", "z"), help="the scan's up axis (default: detected)")
     group.add_argument("--no-refine", dest="refine", action="store_false", help="skip the refinement against the scan surface (faster)")
@@ -74,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fit = commands.add_parser(
-        "fit", parents=[common, fitting], help="fit one scan", description="Fit one scan (or photo) and write its outputs."
+        "fit", parents=[common, threads, fitting], help="fit one scan", description="Fit one scan (or photo) and write its outputs."
     )
     fit.add_argument("input", type=Path, help="scan file (.obj .ply .stl .off .glb .gltf) or photo (.png .jpg .webp)")
     fit.set_defaults(run=run_fit)
 
     batch = commands.add_parser(
         "batch",
-        parents=[common, fitting],
+        parents=[common, threads, fitting],
         help="fit many scans",
         description="Fit many scans; resumable (inputs whose outputs exist are skipped), one bad file does not stop the rest.",
     )
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        parents=[common],
+        parents=[common, threads],
         help="fit the bundled sample scan",
         description="Fit the bundled sample scan with the shipped network and compare with its known ground truth.",
     )
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        parents=[common],
+        parents=[common, threads],
         help="train a scan network",
         description="Train a scan LVD network on synthetic scans; running the same command again resumes.",
     )
@@ -125,9 +127,6 @@ def positive_int(text: str) -> int:
 
 
 def fit_settings(args) -> FitSettings:
-    import torch
-
-    torch.set_num_threads(args.threads)
     options = dict(body=args.body, device=args.device, units=args.units, up=args.up, refine=args.refine)
     optional = dict(model_path=args.model_file, weights=args.weights, iterations=args.iterations)
     options.update({name: value for name, value in optional.items() if value is not None})
@@ -222,14 +221,13 @@ def format_timings(timings: dict) -> str:
     return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items())
 
 
-def rigged_export_note(settings: FitSettings) -> str | None:
-    """Why the rigged files will not be written, when they were asked for and cannot be."""
-    if not settings.export:
-        return None
+def note_missing_rigged_export(settings: FitSettings) -> None:
+    """Say once, before fitting, why the rigged files will not be written when they were asked for."""
     from .rigged_export import bpy_unavailable_reason
 
-    reason = bpy_unavailable_reason()
-    return f"note: no rigged .glb/.fbx: {reason}" if reason else None
+    reason = settings.export and bpy_unavailable_reason()
+    if reason:
+        print(f"note: no rigged .glb/.fbx: {reason}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,9 +239,7 @@ def run_fit(args) -> int:
         raise UsageError(f"no such file: {args.input}")
     settings = fit_settings(args)
     check_body_and_device(settings.fit_options)
-    note = rigged_export_note(settings)
-    if note:
-        print(note, file=sys.stderr)
+    note_missing_rigged_export(settings)
     outcome = fit_quietly(args.input, args.input.stem, settings, getattr(args, "debug", False))
     if outcome.status == "failed":
         print(f"error: {outcome.message}", file=sys.stderr)
@@ -258,9 +254,7 @@ def run_batch(args) -> int:
     inputs = collect_inputs(args.inputs)
     settings = fit_settings(args)
     device = check_body_and_device(settings.fit_options)
-    note = rigged_export_note(settings)
-    if note:
-        print(note, file=sys.stderr)
+    note_missing_rigged_export(settings)
     outcomes: dict[int, Outcome] = {}
     todo = []
     for index, (source, stem) in enumerate(zip(inputs, unique_stems(inputs))):
@@ -269,6 +263,7 @@ def run_batch(args) -> int:
         else:
             todo.append((index, source, stem))
     workers = min(args.workers or min(2, os.cpu_count() or 1), len(todo))
+    debug = getattr(args, "debug", False)
     started = time.perf_counter()
 
     def report(index: int, outcome: Outcome) -> None:
@@ -279,12 +274,20 @@ def run_batch(args) -> int:
 
     if device.type == "cuda" or workers <= 1:  # one GPU: fits one after another in this process
         for index, source, stem in todo:
-            report(index, fit_quietly(source, stem, settings, getattr(args, "debug", False)))
+            report(index, fit_quietly(source, stem, settings, debug))
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=single_torch_thread) as pool:
-            futures = {pool.submit(fit_quietly, source, stem, settings, getattr(args, "debug", False)): index for index, source, stem in todo}
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=set_torch_threads, initargs=(args.threads,))
+        try:
+            futures = {pool.submit(fit_quietly, source, stem, settings, debug): (index, source) for index, source, stem in todo}
             for future in as_completed(futures):
-                report(futures[future], future.result())
+                index, source = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as error:  # the worker died (e.g. out of memory): that input failed
+                    outcome = Outcome(str(source), "failed", message=error_message(error, debug))
+                report(index, outcome)
+        finally:
+            pool.shutdown(cancel_futures=True)  # on Ctrl-C, queued inputs are dropped rather than fitted
     print(summary_table([outcomes[index] for index in range(len(inputs))]))
     failed = sum(outcome.status == "failed" for outcome in outcomes.values())
     fitted = sum(outcome.status == "fitted" for outcome in outcomes.values())
@@ -292,11 +295,10 @@ def run_batch(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def single_torch_thread() -> None:
-    """Worker processes share the CPU cores: one torch thread each (more only contend)."""
+def set_torch_threads(count: int) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
 
 
 def collect_inputs(patterns: list[str]) -> list[Path]:
@@ -317,8 +319,8 @@ def collect_inputs(patterns: list[str]) -> list[Path]:
             raise UsageError(f"no such file or folder: {pattern}")
         if not matches:
             raise UsageError(f"no scans or photos in {pattern}")
-        found += [match for match in matches if match not in found]
-    return found
+        found += matches
+    return list(dict.fromkeys(found))
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -354,9 +356,7 @@ def run_demo(args) -> int:
     from .outputs import write_preview
 
     settings = FitSettings(args.out, {}, preview=False)  # the demo's preview is preview.png
-    note = rigged_export_note(settings)
-    if note:
-        print(note, file=sys.stderr)
+    note_missing_rigged_export(settings)
     started = time.perf_counter()
     result, paths = fit_input(SAMPLE_SCAN, SAMPLE_SCAN.stem, settings)
     body = load_body_model(result.body_name)
@@ -402,7 +402,7 @@ def train_config(args):
 
     given = dict(steps=args.steps, minutes=args.minutes, batch=args.batch, subset=args.subset, body_path=args.model_file)
     out = args.out or Path("out") / f"train-{args.body}"
-    return TrainConfig(body=args.body, out=str(out), device=args.device, **{k: v for k, v in given.items() if v is not None})
+    return TrainConfig(body=args.body, out=str(out), device=args.device, threads=args.threads, **{k: v for k, v in given.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exiting:  # --help (0) or bad usage (2): argparse has printed why
         return int(exiting.code or 0)
+    if hasattr(args, "threads"):
+        set_torch_threads(args.threads)
     try:
         return args.run(args)
     except UsageError as error:
