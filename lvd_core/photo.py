@@ -37,6 +37,9 @@ __all__ = ["fit_photo", "silhouette_iou", "PhotoFitResult", "NoPersonError", "pe
 
 DEFAULT_PHOTO_WEIGHTS = {"anny": "anny-body-photo/checkpoint.pt"}
 DESCENT_ITERATIONS = 5  # the paper's for images; the descent settles in 4-5 steps (measured: see the manifest)
+# The size is unknown (fit_scale). No age restarts: they fix millimetre-deep shape minima, photo LVD is centimetres
+# off; measured on 6 crops: the same IoU (0.651 vs 0.652), 38% less fit time.
+PHOTO_FIT = FitOptions(fit_scale=True, age_probes=())
 
 
 @dataclass
@@ -103,7 +106,7 @@ def fit_crop(
     model_from_input = np.linalg.inv(input_from_model)
     targets = torch.as_tensor(_apply(model_from_input, predicted)[None], dtype=model.dtype, device=model.device)
     vertex_ids = torch.as_tensor(np.asarray(network.checkpoint_metadata["vertex_ids"]), device=model.device)
-    fit = fit_to_vertices(model, targets, vertex_ids, options=FitOptions(fit_scale=True))  # the size is unknown
+    fit = fit_to_vertices(model, targets, vertex_ids, options=PHOTO_FIT)
     timings["fit"] = round(time.perf_counter() - clock, 3)
     vertices_model = fit.vertices[0].detach().cpu().double().numpy()
     _report(progress, 1.0, "done", cancel)

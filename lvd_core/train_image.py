@@ -43,12 +43,19 @@ class ImageTrainConfig(TrainConfig):
     clamp: float = 0.35  # photo units (a 1.7 m body is 1.82 units): 33 cm, the paper's 30 / 173 of the height
     yaw_range_deg: float = 45.0  # photos show people from the front or half side
     box: float = 1.0  # uniform query points: the crop's square, +-1 in depth
+    # Photo poses: every family but "random" (joints anywhere within their limits: rare in photos, and the
+    # hardest to learn in a CPU budget).
+    families: tuple = ("standing", "a_pose", "t_pose", "walking", "running", "arms_raised", "arms_crossed", "sitting", "crouching", "leaning")
     checkpoint_every: int = 100
     validate_every: int = 500
 
 
 # ---------------------------------------------------------------------------------------------------------
 # examples
+
+
+def body_sampling(config: ImageTrainConfig) -> BodySampling:
+    return BodySampling(yaw_range_deg=config.yaw_range_deg, families=tuple(config.families))
 
 
 def synthetic_photo(body, seed: int, index: int, sampling: BodySampling) -> tuple[SyntheticPhoto, np.random.Generator]:
@@ -98,7 +105,7 @@ class TrainingPhotos(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         body = load_body_model(self.config.body)
-        sampling = BodySampling(yaw_range_deg=self.config.yaw_range_deg)
+        sampling = body_sampling(self.config)
         index = self.start + worker
         while True:
             photo, rng = synthetic_photo(body, self.config.seed, index, sampling)
@@ -113,7 +120,7 @@ class TrainingPhotos(torch.utils.data.IterableDataset):
 def held_out_photos(config: ImageTrainConfig):
     """The fixed validation photos (a seed training never uses): yields (photo, its crop, its PhotoFrame)."""
     body = load_body_model(config.body)
-    sampling = BodySampling(yaw_range_deg=config.yaw_range_deg)
+    sampling = body_sampling(config)
     for index in range(config.validation_size):
         photo, _ = synthetic_photo(body, VALIDATION_SEED, index, sampling)
         crop = crop_person(photo.image, photo.mask)
@@ -242,22 +249,39 @@ def train(config: ImageTrainConfig, log=print) -> Path:
 
 
 def real_photo_ious(weights: Path, folder: Path) -> dict:
-    """{name: silhouette IoU} of fit_photo on img*.png in folder with their given img*_mask.png."""
+    """{name: silhouette IoU} of fit_photo on img<N>.png in folder with their given img<N>_mask.png."""
     from .photo import fit_photo
 
-    return {
-        image.stem: silhouette_iou(result, result.crop.mask)
-        for image in sorted(folder.glob("img[0-9]*.png"))
-        if not image.stem.endswith("_mask")
-        for result in [fit_photo(image, image.with_name(image.stem + "_mask.png"), weights=weights, device="cpu")]
+    ious = {}
+    for image in sorted(folder.glob("img[0-9]*.png")):
+        if not image.stem.endswith("_mask"):
+            result = fit_photo(image, image.with_name(image.stem + "_mask.png"), weights=weights, device="cpu")
+            ious[image.stem] = round(silhouette_iou(result, result.crop.mask), 3)
+    return ious
+
+
+def evaluate(checkpoint: Path, config: ImageTrainConfig, real_photos: Path | None) -> dict:
+    """The manifest's quality figures: held-out renders after the descent (5 and 10 iterations) and after the
+    body fit (with silhouette IoU), and the real photos' IoU with their given masks when the folder exists."""
+    network = load_checkpoint(checkpoint, device="cpu")
+    vertex_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
+    quality = {
+        "held_out_renders": config.validation_size,
+        "descent_5_iterations": validate(network, config, vertex_ids, iterations=5),
+        "descent_10_iterations": validate(network, config, vertex_ids, iterations=10),
+        "descent_and_fit": validate(network, config, vertex_ids, with_fit=True),
     }
+    if real_photos is not None and real_photos.is_dir():
+        ious = real_photo_ious(checkpoint, real_photos)
+        quality["real_photos_given_masks_iou"] = {"mean": round(float(np.mean(list(ious.values()))), 3), "per_photo": ious}
+    return quality
 
 
 def write_photo_manifest(checkpoint: Path, quality: dict, notes: str = "") -> Path:
     """The scan manifest (`lvd_core.train.write_manifest`) with the photo network's input and data recipe."""
     path = write_manifest(checkpoint, quality, notes)
     manifest = json.loads(path.read_text())
-    meta = load_checkpoint(checkpoint, device="cpu").checkpoint_metadata
+    settings = load_checkpoint(checkpoint, device="cpu").checkpoint_metadata["train_config"]
     manifest["input"] = ("photo: RGB + person mask, the paper's 256 x 256 crop (1.1 x the person box); photo frame "
                          "x right, y up, z towards the camera, crop spanning [-1, 1] (lvd_core.nets.compact_image)")
     manifest["data_recipe"] = {
@@ -265,9 +289,9 @@ def write_photo_manifest(checkpoint: Path, quality: dict, notes: str = "") -> Pa
                      "skin, light, plain / gradient / noise backgrounds, sensor noise; camera 2.5-8 m in front)",
         "augmentation": "colour jitter (saturation, contrast, brightness, white balance, gamma); mask grown or "
                         "shrunk by 1-2 px half of the time; crop from the mask as at inference",
-        "poses": "lvd_core.synth.poses families with joint limits", "shapes": "anny SimpleShapeDistribution (adults)",
-        "facing_yaw_range_deg": meta.get("yaw_range_deg"), "seed": meta["train_config"]["seed"],
-        "pairs_per_photo": meta["train_config"]["pairs"], "clamp": meta.get("clamp"),
+        "poses": "lvd_core.synth.poses families " + ", ".join(settings["families"]),
+        "shapes": "anny SimpleShapeDistribution (adults)", "facing_yaw_range_deg": settings["yaw_range_deg"],
+        "seed": settings["seed"], "pairs_per_photo": settings["pairs"], "clamp": settings["clamp"],
     }  # fmt: skip
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     return path
@@ -281,10 +305,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=ImageTrainConfig.workers)
     parser.add_argument("--threads", type=int, default=ImageTrainConfig.threads)
     parser.add_argument("--validate-every", type=int, default=ImageTrainConfig.validate_every)
+    parser.add_argument("--evaluate", type=Path, metavar="REAL_PHOTOS", default=None,
+                        help="instead of training: evaluate the checkpoint in --out (renders, and the img<N>.png + "
+                             "img<N>_mask.png photos in this folder) and write its manifest.json")
+    parser.add_argument("--notes", default="", help="the manifest's notes (with --evaluate)")
     args = parser.parse_args(argv)
     config = ImageTrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, workers=args.workers,
                               threads=args.threads, validate_every=args.validate_every)
-    train(config)
+    torch.set_num_threads(config.threads)
+    if args.evaluate:
+        checkpoint = Path(config.out) / "checkpoint.pt"
+        print(write_photo_manifest(checkpoint, evaluate(checkpoint, config, args.evaluate), args.notes).read_text())
+    else:
+        train(config)
 
 
 if __name__ == "__main__":
