@@ -177,7 +177,11 @@ def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
     else:
         result = pipeline.fit_scan(source, **options)
     body = load_body_model(result.body_name, options.get("model_path"))
-    scan_points = preview_points(source, result, body) if settings.preview and not is_photo else None
+    scan_points = None
+    if settings.preview and not is_photo:
+        started = time.perf_counter()
+        scan_points = preview_points(source, result, body)
+        result.timings["preview_scan"] = round(time.perf_counter() - started, 3)
     paths = write_result(result, settings.out, stem, body=body, scan_points=scan_points, export=settings.export, preview=settings.preview)
     return result, paths
 
