@@ -11,7 +11,8 @@ Weak perspective ties x, y and z to one scale; the synthetic cameras are 2.5-8 m
 few per cent. `PhotoFrame` maps a synthetic photo's model-frame points into this frame and back.
 
 The network is CompactScanLVD's design in 2D (see `lvd_core.nets.compact`): the same vertex subset and the
-same shared, vertex-conditioned head; the encoder is five strided conv blocks over (4, 256, 256) giving maps at
+same shared, vertex-conditioned head; the encoder is five strided conv blocks (GroupNorm: at equal wall time,
+5 CPU minutes, 146 against 151 mm held-out error without it, one run each) over (4, 256, 256) giving maps at
 128, 64, 32, 16 and 8 px, all sampled bilinearly at the query point's (x, y) (the paper's query: project the
 point, append its coordinates), plus a global feature (avg + max pooling of the two coarsest maps) that tells
 the head where the whole body is. The descent starts at the rest body facing the camera, 1.82 units tall.
@@ -104,8 +105,8 @@ def image_grid_coordinates(points: Tensor) -> Tensor:
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """Halves the resolution: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(4, c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(4, c_out), nn.ReLU(inplace=True),
     )  # fmt: skip
 
 
