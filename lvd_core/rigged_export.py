@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import shutil
 import sys
@@ -22,7 +23,6 @@ from .export import character_description
 from .outputs import zup_from_input
 from .pipeline import FitResult
 
-SOURCE_TREE = Path(__file__).resolve().parents[1]  # holds lvd_core and lvd_blender
 RIGGED_FORMATS = {"glb": "GLB", "fbx": "FBX"}
 
 
@@ -30,10 +30,8 @@ RIGGED_FORMATS = {"glb": "GLB", "fbx": "FBX"}
 def bpy_unavailable_reason() -> str | None:
     """None when bpy and the extension's sources import; else why not, in one line."""
     os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="lvd-blender-user-"))
-    if not (SOURCE_TREE / "lvd_blender").is_dir():
-        return f"the Blender extension's sources (lvd_blender) are not beside lvd_core in {SOURCE_TREE}"
-    if str(SOURCE_TREE) not in sys.path:
-        sys.path.append(str(SOURCE_TREE))
+    if importlib.util.find_spec("lvd_blender") is None:
+        return "the Blender extension's package (lvd_blender) is not installed beside lvd_core"
     try:
         import bpy  # noqa: F401
     except (ImportError, OSError) as error:  # not installed, or its system libraries are missing
