@@ -3,16 +3,17 @@
 Stages, each a small function:
 1. `similarity_init`: global rotation, scale and translation in closed form (weighted Umeyama) from the
    rest template to the targets.
-2. `part_rotation_init`: every joint's rotation from its body part, root to leaves (Kabsch per part on the
-   points it dominates, relative to its already-posed parent), so the optimiser starts near the answer.
-3. `refine`: L-BFGS (strong Wolfe line search) on pose, then on pose + shape + scale + translation, with a
-   Geman-McClure robust loss so a few wild LVD vertices cannot drag the body, and a weak prior on shape.
-4. `refine_to_surface` (scans): a few more L-BFGS rounds that also pull the body onto the scan (two-way
-   nearest-point distances), keeping the LVD vertices as an anchor.
+2. `part_rotation_init`: every joint's rotation from its body part, root to leaves (Kabsch on the centred
+   points it dominates), so the solver starts near the answer.
+3. `levenberg_marquardt` stages: pose, shape, pose, then everything (least squares), restarts from probe
+   ages for Anny (`escape_shape_minima`), and a robust finish (Geman-McClure reweighting) so a few wild LVD
+   vertices cannot drag the body; weak priors keep the shape near neutral and unseen joints at rest.
+4. `refine_to_surface` (scans): ICP-style rounds of the same solver with body/scan nearest-point pairs as
+   extra rows, anchored by the LVD vertices.
 
 Why not the paper's fit (Adam, 500 steps, lr 0.1 with linear decay, L1 + 0.01 mean(beta^2))? The closed-form
-initialisation plus L-BFGS converges in tens of evaluations instead of 500, and to sub-millimetre on exact
-targets; `paper_fit` keeps the paper's recipe as the baseline the benchmark compares against.
+initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-15x
+faster (benchmarks/results_body_fit.md); `paper_fit` keeps the paper's recipe as the baseline.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ class FitOptions:
     # Anny: ages the fit restarts from once settled (see escape_shape_minima); () to skip.
     age_probes: tuple = (0.3, 0.55, 0.8, 0.95)
     probe_iterations: int = 4
-    surface_iterations: int = 30  # refine_to_surface rounds
-    surface_weight: float = 1.0
+    # Joints kept at their starting rotation (names; absent ones ignored): e.g. fingers and toes, which a few
+    # hundred scan correspondences cannot pin down, to fit a body scan 2-3x faster.
+    frozen_joints: tuple = ()
+    surface_iterations: int = 12  # refine_to_surface: Levenberg-Marquardt steps in all
+    surface_steps_per_round: int = 2  # ... between re-pairings of body and scan points
+    surface_weight: float = 8.0  # the scan pairs' total weight against the LVD vertices
 
 
 @dataclass
@@ -153,11 +158,6 @@ def _refit_translation(body: BodyModel, params: BodyParams, targets: Tensor, ver
 # 3. robust refinement
 
 
-def geman_mcclure(squared: Tensor, scale: float) -> Tensor:
-    """Robust penalty of squared residuals: ~ r^2 for r << scale, saturating at scale^2 far beyond it."""
-    return squared * scale**2 / (squared + scale**2)
-
-
 class _Free:
     """The unknowns of a fit as leaf tensors; the bounded shape (Anny phenotypes) lives on the real line
     through a sigmoid. A stage frees a subset: "pose" (rotations and placement), "shape" (shape and
@@ -200,6 +200,18 @@ class _Free:
         if stage in ("shape", "full"):
             chosen.append("shape_raw")
         return chosen
+
+    def active_columns(self, stage: str, frozen_joints: set[int]) -> Tensor:
+        """Indices into `vector(stage)` of the unknowns to solve for: all but the frozen joints' rotations."""
+        columns, offset = [], 0
+        for name in self.names(stage):
+            width = getattr(self, name)[0].numel()
+            if name == "joint_pose":  # joint j (1..J-1) owns columns offset + 3 (j - 1) + (0, 1, 2)
+                columns += [offset + 3 * (j - 1) + k for j in range(1, width // 3 + 1) if j not in frozen_joints for k in range(3)]
+            else:
+                columns += range(offset, offset + width)
+            offset += width
+        return torch.tensor(columns, dtype=torch.long, device=self.global_orient.device)
 
     def tensors(self, stage: str) -> list[Tensor]:
         return [getattr(self, name) for name in self.names(stage)]
@@ -261,9 +273,11 @@ def levenberg_marquardt(
             w = w * (robust_scale**2 / (squared + robust_scale**2)) ** 2
         return w.sqrt()
 
+    frozen = {body.joint_names.index(name) for name in options.frozen_joints if name in body.joint_names}
     with torch.no_grad():
         x = free.vector(stage)
-        unknowns = x.shape[1]
+        columns = free.active_columns(stage, frozen)
+        unknowns = len(columns)
         damping = torch.full((batch,), 1e-3, dtype=x.dtype, device=x.device)
         for _ in range(iterations):
             sqrt_w = irls_weights(x)
@@ -271,7 +285,7 @@ def levenberg_marquardt(
             jac = torch.empty(batch, r.shape[1], unknowns, dtype=x.dtype, device=x.device)
             for chunk in torch.arange(unknowns, device=x.device).split(max(1, 4096 // (batch * len(vertex_ids) // 64 + 1))):
                 probes = x.repeat(len(chunk), 1)
-                probes[torch.arange(len(chunk) * batch), chunk.repeat_interleave(batch)] += step
+                probes[torch.arange(len(chunk) * batch), columns[chunk].repeat_interleave(batch)] += step
                 jac[:, :, chunk] = ((residuals(probes, sqrt_w) - r.repeat(len(chunk), 1)) / step).reshape(
                     len(chunk), batch, -1
                 ).permute(1, 2, 0)
@@ -281,7 +295,8 @@ def levenberg_marquardt(
             pending = torch.ones(batch, dtype=torch.bool, device=x.device)
             for _attempt in range(4):  # raise the damping until the step helps (or give up this round)
                 delta = -torch.linalg.solve(jtj + damping[:, None, None] * diag, jtr)
-                candidate = x + delta
+                candidate = x.clone()
+                candidate[:, columns] += delta
                 better = pending & (residuals(candidate, sqrt_w).square().sum(1) < r.square().sum(1))
                 x = torch.where(better[:, None], candidate, x)
                 damping = torch.where(better, damping / 3, torch.where(pending, damping * 5, damping))
@@ -289,24 +304,6 @@ def levenberg_marquardt(
                 if not pending.any():
                     break
     free.assign(x, stage)
-
-
-def _lbfgs(tensors: list[Tensor], loss_fn, iterations: int) -> None:
-    if iterations <= 0:
-        return
-    # Tolerances near zero: residuals are in metres, so losses and gradients are small by nature.
-    optimiser = torch.optim.LBFGS(
-        tensors, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-12, tolerance_change=1e-15,
-    )  # fmt: skip
-
-    def closure():
-        optimiser.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
 
 
 def robust_scale(targets: Tensor, options: FitOptions) -> float:
@@ -346,20 +343,6 @@ def escape_shape_minima(
             chosen = getattr(trial, name).detach()[rows]
             mask = improved.reshape(-1, *[1] * (chosen.dim() - 1))
             getattr(free, name).copy_(torch.where(mask, chosen, getattr(free, name)))
-
-
-def vertex_loss(
-    body: BodyModel, params: BodyParams, targets: Tensor, vertex_ids: Tensor, weights: Tensor, options: FitOptions,
-    robust_scale: float | None = None,
-) -> Tensor:  # fmt: skip
-    """Mean vertex distance term (robust when robust_scale is given) plus the shape prior, summed over the batch."""
-    predicted = body(params, vertex_ids=vertex_ids).vertices
-    squared = (predicted - targets).square().sum(-1)
-    if robust_scale is not None:
-        squared = geman_mcclure(squared, robust_scale)
-    data = (weights * squared).sum(1) / weights.sum(1)
-    prior = options.shape_prior * (params.shape - body.default_shape()).square().sum(1)
-    return (data + prior).sum()
 
 
 def fit_to_vertices(
@@ -407,6 +390,9 @@ def fit_to_vertices(
 # 4. scan surface
 
 
+SURFACE_PAIRS = 2000  # body vertices and scan points paired each round of refine_to_surface
+
+
 def _nearest(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Index into target of the nearest target point of every source point (KD-tree)."""
     from scipy.spatial import cKDTree
@@ -421,40 +407,37 @@ def refine_to_surface(
     scan_points: list[Tensor],
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
-    rounds: int = 3,
 ) -> FitResult:
-    """Pull the fitted body onto the scan: two-way nearest-point distances (correspondences re-found each
-    round, ICP-style) plus the LVD vertex term as an anchor. scan_points: per batch item (M_b, 3), metres."""
+    """Pull the fitted body onto the scan, ICP-style: each round pairs sampled body vertices with their nearest
+    scan points and sampled scan points with their nearest body vertices (two-way), and solves with the LVD
+    vertices as an anchor (`options.surface_weight` : 1), robustly, by Levenberg-Marquardt: every pair is just
+    one more (vertex, target) row. scan_points: per batch item (M_b, 3), metres."""
     options = options or FitOptions()
     if vertex_ids is None:
         vertex_ids = torch.arange(body.vertex_count, device=body.device)
-    weights = torch.ones(targets.shape[:2], dtype=body.dtype, device=body.device)
-    free = _Free(body, fit.params, options.fit_scale)
-    scale = robust_scale(targets, options)
-    per_round = max(1, options.surface_iterations // rounds)
-    for _ in range(rounds):
-        with torch.no_grad():
-            current = body(free.params()).vertices
-        pairs = []
-        for b, scan in enumerate(scan_points):
-            scan = scan.to(device=body.device, dtype=body.dtype)
-            body_np, scan_np = current[b].cpu().numpy(), scan.cpu().numpy()
-            to_scan = torch.as_tensor(_nearest(body_np, scan_np), device=body.device)  # body vertex -> scan point
-            to_body = torch.as_tensor(_nearest(scan_np, body_np), device=body.device)  # scan point -> body vertex
-            pairs.append((scan, to_scan, to_body))
-
-        def loss():
-            p = free.params()
-            total = vertex_loss(body, p, targets, vertex_ids, weights, options, scale)
-            vertices = body(p).vertices
-            for b, (scan, to_scan, to_body) in enumerate(pairs):
-                forward = geman_mcclure((vertices[b] - scan[to_scan]).square().sum(-1), scale).mean()
-                backward = geman_mcclure((scan - vertices[b, to_body]).square().sum(-1), scale).mean()
-                total = total + options.surface_weight * (forward + backward)
-            return total
-
-        _lbfgs(free.tensors("full"), loss, per_round)
-    params = free.params().detach()
+    rounds = max(1, options.surface_iterations // options.surface_steps_per_round)
+    rng = np.random.default_rng(0)
+    refined = []
+    for b, scan in enumerate(scan_points):  # correspondences differ per item: one item at a time
+        scan = scan.to(device=body.device, dtype=body.dtype)
+        free = _Free(body, fit.params.index(b), options.fit_scale)
+        body_sample = torch.as_tensor(rng.choice(body.vertex_count, min(SURFACE_PAIRS, body.vertex_count), replace=False))
+        scan_sample = scan[rng.choice(len(scan), min(SURFACE_PAIRS, len(scan)), replace=False)]
+        for _ in range(rounds):
+            with torch.no_grad():
+                current = body(free.params()).vertices[0].cpu().numpy()
+            nearest_scan = scan[torch.as_tensor(_nearest(current[body_sample.numpy()], scan.cpu().numpy()))]
+            nearest_body = torch.as_tensor(_nearest(scan_sample.cpu().numpy(), current))
+            ids = torch.cat([vertex_ids.cpu(), body_sample, nearest_body]).to(body.device)
+            goals = torch.cat([targets[b], nearest_scan, scan_sample])[None]
+            pair_weight = options.surface_weight * len(vertex_ids) / (2 * len(body_sample))
+            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((2 * len(body_sample),), pair_weight)])[None]
+            levenberg_marquardt(
+                body, free, "full", goals, ids, weights.to(body.device, body.dtype), options,
+                options.surface_steps_per_round, robust_scale(targets[b : b + 1], options),
+            )  # fmt: skip
+        refined.append(free.params().detach())
+    params = BodyParams.concatenate(refined)
     with torch.no_grad():
         vertices = body(params).vertices
     return FitResult(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))
