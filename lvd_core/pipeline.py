@@ -287,8 +287,7 @@ def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
 
 
 def fit_photo(image, mask=None, **options) -> FitResult:
-    """Photos need a trained image network, and none ships yet (see weights/README.md)."""
-    raise InputError(
-        "fitting photos needs a trained image LVD network and none ships with this version yet: fit a scan, or "
-        "pass the authors' released image checkpoint once supported (see weights/README.md)"
-    )
+    """Fit the body to a photo (lvd_core.photo: person mask, the paper's crop, the image network, the fit)."""
+    from .photo import fit_photo as fit
+
+    return fit(image, mask, **options)

@@ -8,6 +8,7 @@ import torch
 
 from lvd_core.body import BodyModelError, load_body_model
 from lvd_core.checkpoints import CheckpointError
+from lvd_core.inputs.image import ImageInputError
 from lvd_core.inputs.scan import ScanError
 from lvd_core.pipeline import WEIGHTS_DIR, FitCancelled, InputError, fit_photo, fit_scan
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params, to_file_frame
@@ -64,7 +65,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, clean_scan):
         (BodyModelError, lambda: fit_scan(clean_scan.points, None, body="mano")),
         (InputError, lambda: fit_scan(clean_scan.points, None, body="anny-hand-left")),
         (CheckpointError, lambda: fit_scan(clean_scan.points, None, weights=tmp_path / "missing.pt")),
-        (InputError, lambda: fit_photo(np.zeros((256, 256, 3), np.uint8))),
+        (ImageInputError, lambda: fit_photo(np.zeros((256, 256, 3), np.uint8))),  # no person in a black photo
     ]
     for error, call in cases:
         with pytest.raises(error) as info:
