@@ -102,3 +102,37 @@ def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
                       iterations=2, refine=False)  # fmt: skip
     assert result.body_name == "smpl" and result.vertices_input.shape == (6890, 3)
     assert result.lvd_vertices_input.shape == (6890, 3) and np.isfinite(result.vertices_input).all()
+
+
+# -- the real sample inputs (../shared/data; skipped without it) ---------------------------------------------
+def _scan_to_body_mm(result, path, kind):
+    from scipy.spatial import cKDTree
+
+    from lvd_core.inputs.scan import load_scan
+
+    points = load_scan(path, kind=kind).points
+    distance = cKDTree(result.vertices_input).query(points)[0]
+    return np.median(distance), np.percentile(distance, 90)
+
+
+def test_real_body_scan_end_to_end(shared_data):
+    """The clothed RenderPeople sample (cm, Y up): the body is found under the clothes. Bound: the issue's aim
+    is a median scan-to-body distance <= 20 mm; the shipped network measures ~20 mm (see the README)."""
+    path = shared_data / "scans" / "rp_dennis_posed_004_30k.obj"
+    result = fit_scan(path)
+    assert result.units == "cm"
+    median_cm, p90_cm = _scan_to_body_mm(result, path, "body")
+    assert median_cm * 10 < 30 and p90_cm * 10 < 80
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_real_hand_scans_end_to_end(shared_data, index):
+    """Unitless hand reconstructions (one holds an object): fitted with the Anny hand at the scan's own size."""
+    if not (WEIGHTS_DIR / "anny-hand-scan" / "checkpoint.pt").exists():
+        pytest.skip("no hand network shipped")
+    path = shared_data / "hands" / f"sample_{index}.obj"
+    result = fit_scan(path, body="anny-hand")
+    assert result.units == "unitless" and result.vertices_input.shape == (1609, 3)
+    median, _ = _scan_to_body_mm(result, path, "hand")
+    extent = np.ptp(result.vertices_input, axis=0).max()
+    assert median < 0.1 * extent  # within a tenth of the hand's size (the scans are ~1.5 units across)
