@@ -34,8 +34,11 @@ class FitOptions:
     alternations: int = 1  # shape / pose rounds before everything is freed
     full_iterations: int = 10  # then everything free, least squares
     robust_iterations: int = 5  # and last robust (Geman-McClure reweighting)
-    shape_prior: float = 1e-6  # weight of |shape - neutral|^2 against mean squared residuals in m^2
-    pose_prior: float = 1e-8  # weight of |joint_pose|^2: joints without targets stay at rest, others unaffected
+    # Priors, per squared size of the body (its largest extent, m^2) since residuals scale with it: the weight of
+    # |shape - neutral|^2 against mean squared residuals, and of |joint_pose|^2 (joints without targets stay at
+    # rest, the others are unaffected).
+    shape_prior: float = 3.5e-7
+    pose_prior: float = 3.5e-9
     # Geman-McClure scale as a fraction of the body's size (5 cm on a 1.7 m body, 5 mm on a hand): residuals far
     # above it stop pulling.
     robust_scale: float = 0.03
@@ -254,7 +257,8 @@ def levenberg_marquardt(
     and its many short and twist bones make the pose badly conditioned. At the kinks (0.5 is one) L-BFGS's
     curvature model breaks and it stalls millimetres away; LM re-linearises every step and converges."""
     batch = targets.shape[0]
-    prior, pose_prior = options.shape_prior**0.5, options.pose_prior**0.5
+    size = (targets.amax(1) - targets.amin(1)).amax(1).median()
+    prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
 
     def residuals(x: Tensor, sqrt_w: Tensor) -> Tensor:
         """x (m*B, P) -> stacked weighted residuals (m*B, 3N + S)."""
