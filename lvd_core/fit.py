@@ -257,7 +257,7 @@ def levenberg_marquardt(
     and its many short and twist bones make the pose badly conditioned. At the kinks (0.5 is one) L-BFGS's
     curvature model breaks and it stalls millimetres away; LM re-linearises every step and converges."""
     batch = targets.shape[0]
-    size = (targets.amax(1) - targets.amin(1)).amax(1).median()
+    size = body_size(targets)
     prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
 
     def residuals(x: Tensor, sqrt_w: Tensor) -> Tensor:
@@ -310,11 +310,16 @@ def levenberg_marquardt(
     free.assign(x, stage)
 
 
+def body_size(targets: Tensor) -> Tensor:
+    """The targets' largest extent (B, N, 3) -> scalar, from the 2nd to the 98th percentile per axis so wild
+    targets do not inflate it, median over the batch."""
+    quantiles = torch.quantile(targets, torch.tensor([0.02, 0.98], dtype=targets.dtype, device=targets.device), dim=1)
+    return (quantiles[1] - quantiles[0]).amax(1).median()
+
+
 def robust_scale(targets: Tensor, options: FitOptions) -> float:
-    """The Geman-McClure scale in metres: options.robust_scale times the targets' largest extent (median over
-    the batch, so one wild input does not set it)."""
-    extent = (targets.amax(1) - targets.amin(1)).amax(1)
-    return float(options.robust_scale * extent.median())
+    """The Geman-McClure scale in metres: options.robust_scale times the body's size."""
+    return float(options.robust_scale * body_size(targets))
 
 
 def escape_shape_minima(
@@ -378,11 +383,14 @@ def fit_to_vertices(
     for _ in range(options.alternations):
         run("shape", options.shape_iterations)
         run("pose", options.pose_iterations)
-    run("full", options.full_iterations)
+    # Everything free; the robust scale anneals from 10x (only far-off targets lose weight: every body part
+    # still pulls) down to 1x.
+    scale = robust_scale(targets, options)
+    run("full", options.full_iterations, 10 * scale)
     if "age" in body.shape_names and options.age_probes:
         escape_shape_minima(body, free, targets, vertex_ids, weights, options)
-        run("full", options.full_iterations // 2)
-    run("full", options.robust_iterations, robust_scale(targets, options))
+        run("full", options.full_iterations // 2, 10 * scale)
+    run("full", options.robust_iterations, scale)
     params = free.params().detach()
     with torch.no_grad():
         vertices = body(params).vertices
