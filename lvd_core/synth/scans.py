@@ -188,6 +188,11 @@ def legs_hang_down(body, joints: np.ndarray) -> bool:
 # Holes and missing parts: masks over points with their normals and body parts.
 
 
+REFERENCE_BODY_SIZE = 1.7  # metres: the body size ScanRealism's distances are given for
+# A scan keeps at least this fraction of its points: holes and missing parts that would remove more are skipped.
+MIN_KEPT_FRACTION = 0.3
+
+
 def missing_parts_mask(
     points: np.ndarray, normals: np.ndarray, part: np.ndarray, surface, rng: np.random.Generator, realism: ScanRealism
 ) -> tuple[np.ndarray, dict]:
@@ -209,10 +214,14 @@ def missing_parts_mask(
     holes = rng.integers(realism.hole_count[0], realism.hole_count[1] + 1)
     if holes:
         centres = points[rng.integers(0, len(points), holes)]
-        radii = rng.uniform(*realism.hole_radius, size=holes)
+        # Radii are given for a 1.7 m body: scale them to this one (a hand's holes are ~10x smaller).
+        size = (points.max(0) - points.min(0)).max() / REFERENCE_BODY_SIZE
+        radii = rng.uniform(*realism.hole_radius, size=holes) * size
         inside = (((points[:, None] - centres[None]) ** 2).sum(-1) < radii**2).any(1)
         keep &= ~inside
     info["holes"] = int(holes)
+    if keep.mean() < MIN_KEPT_FRACTION:
+        return np.ones(len(points), dtype=bool), {"holes": 0, "skipped_missing_parts": True}
     return keep, info
 
 
@@ -329,6 +338,8 @@ def make_scan(body, params: BodyParams, rng: np.random.Generator, *, realism: Sc
             extra, visible, object_info = held_object_points(body, joints, points, rng)
             keep &= visible
             info.update(object_info)
+    if keep.mean() < MIN_KEPT_FRACTION:  # cuts and occluders together took too much: keep the whole surface
+        keep[:] = True
     if as_mesh:
         points, faces = kept_submesh(points, faces, keep)
         scan_points = add_noise_and_outliers(np.concatenate([points, extra]), rng, realism)
