@@ -442,8 +442,9 @@ def refine_to_surface(
             nearest_body = torch.as_tensor(_nearest(scan_sample.cpu().numpy(), current))
             ids = torch.cat([vertex_ids.cpu(), body_sample, nearest_body]).to(body.device)
             goals = torch.cat([targets[b], nearest_scan, scan_sample])[None]
-            pair_weight = options.surface_weight * len(vertex_ids) / (2 * len(body_sample))
-            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((2 * len(body_sample),), pair_weight)])[None]
+            pairs = len(body_sample) + len(scan_sample)
+            pair_weight = options.surface_weight * len(vertex_ids) / pairs
+            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((pairs,), pair_weight)])[None]
             levenberg_marquardt(
                 body, free, "full", goals, ids, weights.to(body.device, body.dtype), options,
                 options.surface_steps_per_round, robust_scale(targets[b : b + 1], options),
