@@ -136,17 +136,28 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 # LVD
 
 
+def orientation_hypotheses(kind: str, facings: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The canonical-frame rotations LVD tries, and their yaw angles (radians): `facings` yaws about the up
+    axis; hands, whose principal axes leave the direction of the longest one uncertain, also each yaw turned
+    upside down (half a turn about X)."""
+    angles = np.arange(facings) * 2 * np.pi / facings
+    rotations = [yaw_rotation(a) for a in angles]
+    if kind == "hand" and facings > 1:
+        flip = np.diag([1.0, -1.0, -1.0])
+        angles, rotations = np.concatenate([angles, angles]), rotations + [r @ flip for r in rotations]
+    return angles, rotations
+
+
 def predict_vertices(network, scan: Scan, body: BodyModel, device, iterations: int, facings: int) -> tuple[np.ndarray, np.ndarray, NormalizedFrame, np.ndarray]:
     """LVD on a scan: (facings, N, 3) predicted vertices in the input frame, their vertex ids (N,), the
     canonical frame, and the facing angles tried (degrees)."""
     if isinstance(network, CompactScanLVD):
         frame = canonical_frame(scan.points, scan.up, scan.kind, scan.units)
         canonical = frame.to_canonical(scan.points.astype(np.float64))
-        angles = np.arange(facings) * 2 * np.pi / facings
-        rotations = [yaw_rotation(a) for a in angles]
-        grids = np.stack([COMPACT_BODY.grid(canonical @ r) for r in rotations])  # rotate the scan by -angle
+        angles, rotations = orientation_hypotheses(scan.kind, facings)
+        grids = np.stack([COMPACT_BODY.grid(canonical @ r) for r in rotations])  # rotate the scan by r^-1
         vertex_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
-        start = network.template[None].expand(facings, -1, -1)
+        start = network.template[None].expand(len(rotations), -1, -1)
     else:  # the authors' networks: Y up, height 1.5, 128^3, start at the origin, all vertices
         frame = normalize(scan, up_out="y", height=1.5)
         preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
@@ -177,16 +188,17 @@ def fit_scan(
     checkpoint_folder: str | Path | None = None,
     device: str = "auto",
     iterations: int | None = None,
-    facings: int = 1,
+    facings: int | None = None,
     refine: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
 ) -> FitResult:
     """Fit `body` to a scan: a path, or vertices (N, 3) with `faces` (F, 3) or None (a point cloud).
 
-    facings: how many facings (about the up axis, evenly spaced) LVD tries; 1 assumes the usual convention (the
-    person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view); 4 finds any facing, at
-    about 4x the LVD and quick-fit cost. progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
+    facings: how many facings (about the up axis, evenly spaced) LVD tries; 1 (bodies' default) assumes the usual
+    convention (the person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view); 4 finds
+    any facing, at about 4x the LVD and quick-fit cost. Hands have no usual orientation: 4 by default, each also
+    upside down. progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled. Bad input raises ScanError / InputError / BodyModelError / CheckpointError (all ValueError)
     with a one-line message.
     """
@@ -214,6 +226,7 @@ def fit_scan(
     lap("network")
     _report(progress, 0.15, "predicting vertices (LVD)", cancel)
     iterations = iterations or 10
+    facings = facings or (4 if kind == "hand" else 1)
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
     seen = _mirror_x(scan) if mirrored else scan
     predicted, vertex_ids, canonical, angles = predict_vertices(network, seen, model, torch_device, iterations, facings)
