@@ -55,6 +55,9 @@ def test_progress_and_cancel(clean_scan):
         fit_scan(clean_scan.points, None, cancel=cancel)
 
 
+BODY_WEIGHTS = WEIGHTS_DIR / "anny-body-scan" / "checkpoint.pt"
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path, clean_scan):
     empty = tmp_path / "empty.obj"
     empty.write_text("")
@@ -63,7 +66,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, clean_scan):
         (ScanError, lambda: fit_scan(np.full((500, 3), np.nan), None)),
         (BodyModelError, lambda: fit_scan(clean_scan.points, None, body="smpl")),
         (BodyModelError, lambda: fit_scan(clean_scan.points, None, body="mano")),
-        (InputError, lambda: fit_scan(clean_scan.points, None, body="anny-hand-left")),
+        (InputError, lambda: fit_scan(clean_scan.points, None, body="anny-hand", weights=BODY_WEIGHTS)),
         (CheckpointError, lambda: fit_scan(clean_scan.points, None, weights=tmp_path / "missing.pt")),
         (ImageInputError, lambda: fit_photo(np.zeros((256, 256, 3), np.uint8))),  # no person in a black photo
     ]
