@@ -130,9 +130,10 @@ def held_out_photos(config: ImageTrainConfig):
 def validate(network: CompactImageLVD, config: ImageTrainConfig, vertex_ids: np.ndarray,
              iterations: int = DESCENT_ITERATIONS, with_fit: bool = False) -> dict:
     """Held-out renders: subset vertex error after the descent in mm (photo-frame error over the frame's units
-    per metre at the body's centre); with_fit also fits the body and adds its silhouette IoU with the mask."""
+    per metre at the body's centre), also split into the image plane (x, y) and depth (z); with_fit also fits
+    the body and adds its silhouette IoU with the mask."""
     network.eval()
-    errors, ious = [], []
+    offsets, ious = [], []  # (N, 3) mm per photo
     body = load_body_model(config.body)
     for photo, crop, frame in held_out_photos(config):
         if with_fit:
@@ -142,10 +143,12 @@ def validate(network: CompactImageLVD, config: ImageTrainConfig, vertex_ids: np.
         else:
             predicted = predict_crop(network, crop, iterations)
         gt = frame.from_model(photo.vertices_gt[vertex_ids])
-        errors.append(np.linalg.norm(predicted - gt, axis=1) / frame.units_per_metre * 1000)
+        offsets.append((predicted - gt) / frame.units_per_metre * 1000)
     network.train()
-    errors = np.concatenate(errors)
-    metrics = {"mean_mm": float(errors.mean()), "median_mm": float(np.median(errors)), "p90_mm": float(np.percentile(errors, 90))}
+    offsets = np.concatenate(offsets)
+    errors = np.linalg.norm(offsets, axis=1)
+    metrics = {"mean_mm": float(errors.mean()), "median_mm": float(np.median(errors)), "p90_mm": float(np.percentile(errors, 90)),
+               "image_plane_mean_mm": float(np.linalg.norm(offsets[:, :2], axis=1).mean()), "depth_mean_mm": float(np.abs(offsets[:, 2]).mean())}
     if ious:
         metrics.update(iou_mean=float(np.mean(ious)), iou_min=float(np.min(ious)))
     return metrics
