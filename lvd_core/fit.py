@@ -121,9 +121,8 @@ def part_rotation_init(body: BodyModel, params: BodyParams, targets: Tensor, ver
     owner = body.skinning_weights[vertex_ids].argmax(1)  # (N,)
     children = [np.flatnonzero(body.parents == j) for j in range(body.joint_count)]
     rest_v = body.rest_vertices(params.shape)[:, vertex_ids]
-    rest_j = body.rest_joints(params.shape)
-    # Work in the unscaled model frame: undo scale and translation of the targets.
     local_targets = targets / params.scale[:, None]  # only directions matter: undo the scale
+
     def part_rotation(b: int, j: int, fallback: Tensor) -> Tensor:
         """Kabsch on the centred points of j's part (its own, or with its children's when too few or flat):
         centring makes the rotation independent of where the joint was placed."""
