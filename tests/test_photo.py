@@ -18,9 +18,11 @@ from lvd_core.train_image import ImageTrainConfig, synthetic_photo, train
 
 WEIGHTS = WEIGHTS_DIR / "anny-body-photo" / "checkpoint.pt"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="the trained photo network is not there")
-# Measured with the shipped checkpoint (see weights/anny-body-photo/manifest.json), set a margin below.
-SYNTHETIC_IOU_FLOOR = 0.6
-REAL_IOU_FLOOR = 0.5
+# Measured with the shipped checkpoint (weights/anny-body-photo/manifest.json): this test's render 0.839, the 16
+# held-out renders 0.78-0.92 (mean 0.845); the 6 real photos 0.712-0.860 (mean 0.774). The floors sit ~0.06 below
+# the measured values so a changed fit or platform maths passes while a broken frame, crop or network (IoU ~0.3-0.5) fails.
+SYNTHETIC_IOU_FLOOR = 0.78
+REAL_IOU_FLOOR = 0.65
 
 
 @pytest.fixture(scope="module")
