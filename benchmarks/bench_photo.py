@@ -48,7 +48,7 @@ def main():
         "(5 iterations, 1,024 vertices), fit (body fit to the predicted vertices, with scale).",
         "IoU: the fitted body's silhouette against the crop's mask; residual: mean LVD-to-fit distance (mm of a "
         "neutral-height body).", "",
-        "| photo | mask | " + " | ".join(STAGES) + " | total ms | IoU | residual mm |",
+        "| photo | mask from | " + " | ".join(STAGES) + " | total ms | IoU | residual mm |",
         "|---|---|" + "---|" * len(STAGES) + "---|---|---|",
     ]  # fmt: skip
     ious = {"given": [], "mediapipe": []}
