@@ -54,8 +54,44 @@ def grid_coordinates(points: Tensor, box_half_size: float, resolution: int) -> T
     return unit.flip(-1)[:, :, None, None, :]
 
 
+class VertexConditionedLVD(LVDNetwork):
+    """The compact networks' shared head: g([point features, e_v, template_v]) -> 3, with a learned embedding
+    e_v per vertex and the first layer split into a point part and a per-vertex part. Subclasses build their
+    encoder, call `_init_head`, and implement `encode` and `point_features`."""
+
+    def _init_head(self, template: list | None, embed_width: int, point_width: int, hidden: int, depth: int) -> None:
+        template_t = torch.zeros(self.vertex_count, 3) if template is None else torch.as_tensor(template, dtype=torch.float32)
+        self.register_buffer("template", template_t)
+        self.embedding = nn.Parameter(fourier_features(template_t, embed_width))
+        self.point_in = nn.Linear(point_width, hidden)
+        self.vertex_in = nn.Linear(embed_width + 3, hidden, bias=False)
+        self.trunk = nn.Sequential(*[m for _ in range(depth - 1) for m in (nn.ReLU(inplace=True), nn.Linear(hidden, hidden))])
+        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(hidden, 3))
+
+    def config(self) -> dict:
+        return dict(self.settings)
+
+    def point_features(self, features: dict, points: Tensor) -> Tensor:
+        """(B, N, 3) points -> (B, N, point_width) features at each point."""
+        raise NotImplementedError
+
+    def vertex_part(self) -> Tensor:
+        """(V, hidden) the first layer's contribution of every vertex's embedding and template position."""
+        return self.vertex_in(torch.cat([self.embedding, self.template], dim=1))
+
+    def predict_own_offsets(self, features: dict, points: Tensor, vertex_ids: Tensor | None = None) -> Tensor:
+        if vertex_ids is None:
+            vertex_ids = torch.arange(points.shape[1], device=points.device)
+        hidden = self.point_in(self.point_features(features, points)) + self.vertex_part()[vertex_ids]
+        return self.out(self.trunk(hidden))
+
+    def predict_all_offsets(self, features: dict, points: Tensor) -> Tensor:
+        hidden = self.point_in(self.point_features(features, points))[:, :, None] + self.vertex_part()
+        return self.out(self.trunk(hidden))
+
+
 @register_network("CompactScanLVD")
-class CompactScanLVD(LVDNetwork):
+class CompactScanLVD(VertexConditionedLVD):
     """Scan LVD for a vertex subset: grids (B, C, R, R, R) -> features; pairs (x, v) -> offset (3)."""
 
     def __init__(
@@ -83,17 +119,7 @@ class CompactScanLVD(LVDNetwork):
             for i, (c_in, c_out) in enumerate(zip((in_channels,) + tuple(channels[:-1]), channels))
         )
         self.global_head = nn.Sequential(nn.Linear(2 * (channels[-1] + channels[-2]), global_width), nn.ReLU(inplace=True))
-        template_t = torch.zeros(vertex_count, 3) if template is None else torch.as_tensor(template, dtype=torch.float32)
-        self.register_buffer("template", template_t)
-        self.embedding = nn.Parameter(fourier_features(template_t, embed_width))
-        point_width = sum(channels) + 3 + global_width
-        self.point_in = nn.Linear(point_width, hidden)
-        self.vertex_in = nn.Linear(embed_width + 3, hidden, bias=False)
-        self.trunk = nn.Sequential(*[m for _ in range(depth - 1) for m in (nn.ReLU(inplace=True), nn.Linear(hidden, hidden))])
-        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(hidden, 3))
-
-    def config(self) -> dict:
-        return dict(self.settings)
+        self._init_head(template, embed_width, sum(channels) + 3 + global_width, hidden, depth)
 
     # -- encoder --------------------------------------------------------------------------------------
     def encode(self, grids: Tensor) -> dict:
@@ -113,18 +139,3 @@ class CompactScanLVD(LVDNetwork):
         ]
         glob = features["global"][:, None].expand(-1, points.shape[1], -1)
         return torch.cat(sampled + [points, glob], dim=-1)
-
-    def vertex_part(self) -> Tensor:
-        """(V, hidden) the first layer's contribution of every vertex's embedding and template position."""
-        return self.vertex_in(torch.cat([self.embedding, self.template], dim=1))
-
-    # -- heads ----------------------------------------------------------------------------------------
-    def predict_own_offsets(self, features: dict, points: Tensor, vertex_ids: Tensor | None = None) -> Tensor:
-        if vertex_ids is None:
-            vertex_ids = torch.arange(points.shape[1], device=points.device)
-        hidden = self.point_in(self.point_features(features, points)) + self.vertex_part()[vertex_ids]
-        return self.out(self.trunk(hidden))
-
-    def predict_all_offsets(self, features: dict, points: Tensor) -> Tensor:
-        hidden = self.point_in(self.point_features(features, points))[:, :, None] + self.vertex_part()
-        return self.out(self.trunk(hidden))

@@ -29,8 +29,8 @@ from torch.nn import functional as F
 
 from ..synth.renders import project
 from ..synth.surface import FORWARD_VECTORS, UP_VECTORS
-from .base import LVDNetwork, register_network
-from .compact import CompactScanLVD, fourier_features
+from .base import register_network
+from .compact import VertexConditionedLVD
 
 CROP_PX = 256
 PX_PER_UNIT = CROP_PX / 2
@@ -111,7 +111,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 @register_network("CompactImageLVD")
-class CompactImageLVD(LVDNetwork):
+class CompactImageLVD(VertexConditionedLVD):
     """Image LVD for a vertex subset: crops (B, 4, 256, 256) -> features; pairs (x, v) -> offset (3)."""
 
     def __init__(
@@ -133,17 +133,7 @@ class CompactImageLVD(LVDNetwork):
         )  # fmt: skip
         self.levels = nn.ModuleList(_conv_block(c_in, c_out) for c_in, c_out in zip((in_channels,) + tuple(channels[:-1]), channels))
         self.global_head = nn.Sequential(nn.Linear(2 * (channels[-1] + channels[-2]), global_width), nn.ReLU(inplace=True))
-        template_t = torch.zeros(vertex_count, 3) if template is None else torch.as_tensor(template, dtype=torch.float32)
-        self.register_buffer("template", template_t)
-        # The head: CompactScanLVD's layers, names and maths (its methods are borrowed below).
-        self.embedding = nn.Parameter(fourier_features(template_t, embed_width))
-        self.point_in = nn.Linear(sum(channels) + 3 + global_width, hidden)
-        self.vertex_in = nn.Linear(embed_width + 3, hidden, bias=False)
-        self.trunk = nn.Sequential(*[m for _ in range(depth - 1) for m in (nn.ReLU(inplace=True), nn.Linear(hidden, hidden))])
-        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(hidden, 3))
-
-    def config(self) -> dict:
-        return dict(self.settings)
+        self._init_head(template, embed_width, sum(channels) + 3 + global_width, hidden, depth)
 
     def encode(self, crops: Tensor) -> dict:
         """(B, C, 256, 256) network images -> {"maps": five (B, c, 256 / 2^k, ...) maps, "global": (B, G)}."""
@@ -164,8 +154,3 @@ class CompactImageLVD(LVDNetwork):
         ]
         glob = features["global"][:, None].expand(-1, points.shape[1], -1)
         return torch.cat(sampled + [points, glob], dim=-1)
-
-    # Only the encoder and the query differ from the scan network: its head methods work on these layers as they are.
-    vertex_part = CompactScanLVD.vertex_part
-    predict_own_offsets = CompactScanLVD.predict_own_offsets
-    predict_all_offsets = CompactScanLVD.predict_all_offsets
