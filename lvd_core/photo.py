@@ -30,7 +30,7 @@ from .fit import FitOptions, fit_to_vertices
 from .inputs.image import PersonCrop, crop_person, load_image, load_mask, network_image
 from .inputs.person_mask import NoPersonError, find_person
 from .nets.compact_image import PERSON_UNITS, CompactImageLVD, photo_axes
-from .pipeline import WEIGHTS_DIR, FitResult, InputError, _apply, _report, load_network
+from .pipeline import WEIGHTS_DIR, FitResult, InputError, StageTimer, apply_transform, load_network, report_progress
 from .synth.renders import rasterize
 
 __all__ = ["fit_photo", "silhouette_iou", "PhotoFitResult", "NoPersonError", "person_mask"]
@@ -98,23 +98,23 @@ def fit_crop(
 ) -> PhotoFitResult:  # fmt: skip
     """LVD and the body fit on a person crop (the part of fit_photo after the crop)."""
     timings = {} if timings is None else timings
-    _report(progress, 0.3, "predicting vertices (LVD)", cancel)
+    report_progress(progress, 0.3, "predicting vertices (LVD)", cancel)
     predicted = predict_crop(network, crop, iterations, timings)
-    _report(progress, 0.5, "fitting the body", cancel)
+    report_progress(progress, 0.5, "fitting the body", cancel)
     clock = time.perf_counter()
     input_from_model = photo_from_model(model)
     model_from_input = np.linalg.inv(input_from_model)
-    targets = torch.as_tensor(_apply(model_from_input, predicted)[None], dtype=model.dtype, device=model.device)
+    targets = torch.as_tensor(apply_transform(model_from_input, predicted)[None], dtype=model.dtype, device=model.device)
     vertex_ids = torch.as_tensor(np.asarray(network.checkpoint_metadata["vertex_ids"]), device=model.device)
     fit = fit_to_vertices(model, targets, vertex_ids, options=PHOTO_FIT)
     timings["fit"] = round(time.perf_counter() - clock, 3)
     vertices_model = fit.vertices[0].detach().cpu().double().numpy()
-    _report(progress, 1.0, "done", cancel)
+    report_progress(progress, 1.0, "done", cancel)
     return PhotoFitResult(
         body_name=model.name,
         params=fit.params.to(device="cpu"),
         input_from_model=input_from_model,
-        vertices_input=_apply(input_from_model, vertices_model),
+        vertices_input=apply_transform(input_from_model, vertices_model),
         lvd_vertices_input=predicted,
         residual_mm=float(1000 * fit.residuals[0].mean()),  # model metres of a neutral-height body
         units="unitless",
@@ -143,16 +143,8 @@ def fit_photo(
     FitCancelled. Raises NoPersonError when no person is found, ImageInputError / InputError /
     CheckpointError (all ValueError) with a one-line message for unusable input.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    _report(progress, 0.0, "finding the person", cancel)
+    lap = StageTimer()
+    report_progress(progress, 0.0, "finding the person", cancel)
     rgb = load_image(image)
     person = person_mask(rgb, mask)
     lap("mask")
@@ -166,7 +158,7 @@ def fit_photo(
         raise InputError(f"the checkpoint was trained for the {network.checkpoint_metadata.get('body')} body model, not {body}")
     model = load_body_model(body, device=torch_device)
     lap("network")
-    return fit_crop(network, model, crop, iterations or DESCENT_ITERATIONS, progress, cancel, timings)
+    return fit_crop(network, model, crop, iterations or DESCENT_ITERATIONS, progress, cancel, lap.timings)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -66,7 +66,20 @@ class FitResult:
     facing_deg: float = 0.0
 
 
-def _report(progress, fraction: float, message: str, cancel: threading.Event | None) -> None:
+class StageTimer:
+    """Call with a stage's name when it ends: `timings` holds each stage's seconds since the previous call."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._clock, 3)
+        self._clock = now
+
+
+def report_progress(progress, fraction: float, message: str, cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise FitCancelled("cancelled")
     if progress is not None:
@@ -128,7 +141,7 @@ def model_frame(scan: Scan, body: BodyModel, canonical: NormalizedFrame) -> tupl
     return matrix, fit_scale
 
 
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
@@ -202,16 +215,8 @@ def fit_scan(
     FitCancelled. Bad input raises ScanError / InputError / BodyModelError / CheckpointError (all ValueError)
     with a one-line message.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    _report(progress, 0.0, "loading the scan", cancel)
+    lap = StageTimer()
+    report_progress(progress, 0.0, "loading the scan", cancel)
     torch_device = pick_device(device)
     model = load_body_model(body, model_path, device=torch_device)
     kind = body_kind(model)
@@ -224,7 +229,7 @@ def fit_scan(
     if network.vertex_count > model.vertex_count:
         raise InputError(f"the checkpoint predicts {network.vertex_count} vertices, the {body} model has {model.vertex_count}")
     lap("network")
-    _report(progress, 0.15, "predicting vertices (LVD)", cancel)
+    report_progress(progress, 0.15, "predicting vertices (LVD)", cancel)
     iterations = iterations or 10
     facings = facings or (4 if kind == "hand" else 1)
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
@@ -234,11 +239,11 @@ def fit_scan(
         predicted = predicted * [-1.0, 1.0, 1.0]
         canonical = canonical_frame(scan.points, scan.up, scan.kind, scan.units)  # the unmirrored scan's, for the fit
     lap("lvd")
-    _report(progress, 0.45, "fitting the body", cancel)
+    report_progress(progress, 0.45, "fitting the body", cancel)
     to_model, fit_scale = model_frame(scan, model, canonical)
-    targets = torch.as_tensor(np.stack([_apply(to_model, p) for p in predicted]), dtype=model.dtype, device=torch_device)
+    targets = torch.as_tensor(np.stack([apply_transform(to_model, p) for p in predicted]), dtype=model.dtype, device=torch_device)
     ids = torch.as_tensor(vertex_ids, device=torch_device)
-    scan_model = _apply(to_model, scan.points.astype(np.float64))
+    scan_model = apply_transform(to_model, scan.points.astype(np.float64))
     sample = np.random.default_rng(0).choice(len(scan_model), min(SURFACE_POINTS, len(scan_model)), replace=False)
     best = 0
     if len(angles) > 1:  # a quick fit per facing; the network always draws a body, so judge them on the scan
@@ -250,7 +255,7 @@ def fit_scan(
     fit = fit_to_vertices(model, targets[best : best + 1], ids, options=options)
     lap("fit")
     if refine:
-        _report(progress, 0.75, "refining against the scan surface", cancel)
+        report_progress(progress, 0.75, "refining against the scan surface", cancel)
         points = torch.as_tensor(scan_model[sample], dtype=model.dtype, device=torch_device)
         fit = refine_to_surface(model, fit, targets[best : best + 1], [points], ids, options)
         lap("refine")
@@ -258,16 +263,16 @@ def fit_scan(
     vertices_model = fit.vertices[0].detach().cpu().double().numpy()
     # In the model frame: millimetres for scans with units; for unitless ones, millimetres of a model-sized body.
     residual_mm = 1000 * _median_distance(scan_model, vertices_model)
-    _report(progress, 1.0, "done", cancel)
+    report_progress(progress, 1.0, "done", cancel)
     return FitResult(
         body_name=model.name,
         params=fit.params.to(device="cpu"),
         input_from_model=input_from_model,
-        vertices_input=_apply(input_from_model, vertices_model),
+        vertices_input=apply_transform(input_from_model, vertices_model),
         lvd_vertices_input=predicted[best],
         residual_mm=float(residual_mm),
         units=scan.units,
-        timings=timings,
+        timings=lap.timings,
         facing_deg=float(angles[best]),
     )
 
