@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=positive_int, help="total optimisation steps")
     train.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this much time")
     train.add_argument("--batch", type=positive_int, help="scans per step")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3); resumed runs keep their recipe but take this")
     train.add_argument("--subset", type=positive_int, help="vertices the network predicts")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.set_defaults(run=run_train)
@@ -404,7 +405,7 @@ def run_train(args) -> int:
 def train_config(args):
     from .train import TrainConfig
 
-    given = dict(steps=args.steps, minutes=args.minutes, batch=args.batch, subset=args.subset, body_path=args.model_file)
+    given = dict(steps=args.steps, minutes=args.minutes, lr=args.lr, batch=args.batch, subset=args.subset, body_path=args.model_file)
     out = args.out or Path("out") / f"train-{args.body}"
     return TrainConfig(body=args.body, out=str(out), device=args.device, threads=args.threads, **{k: v for k, v in given.items() if v is not None})
 

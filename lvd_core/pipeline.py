@@ -174,7 +174,7 @@ def predict_vertices(network, scan: Scan, body: BodyModel, device, iterations: i
     else:  # the authors' networks: Y up, height 1.5, 128^3, start at the origin, all vertices
         frame = normalize(scan, up_out="y", height=1.5)
         preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
-        grids = preset.grid(frame.to_canonical(scan.points.astype(np.float64)))[None]
+        grids = preset.grid(frame.to_canonical(scan.points.astype(np.float64)), workers=-1)[None]  # 128^3: every core
         angles, rotations = np.zeros(1), [np.eye(3)]
         vertex_ids = np.arange(network.vertex_count)
         start = torch.zeros(1, 1, 3)

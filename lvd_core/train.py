@@ -7,17 +7,24 @@ supervised with L1 on the clamped offset clamp(p - v_gt, -c, c) (the paper's tar
 Query points (the states the descent visits, and the space around them):
 55% near the vertex's true position (Gaussian, 2 or 6 cm at 1.7 m), 15% on the segment from its template
 position to its true position (the descent starts at the template), 15% at another vertex's true position,
-15% uniform in the box.
+15% uniform in the box. Vertices: `travel_share` of the pairs draw theirs in proportion to how far it moved
+from the template in this pose (plus 5 cm), the rest uniformly: the far-travelling hands and feet, whose
+descent fails most (measured: hand vertices 100-180 mm off where the rest of the body is 22-26 mm), are
+supervised several times more often without starving the torso.
 
 Resumable: `train_state.pt` beside the checkpoint holds the optimiser and the step; the data stream resumes
-at the next sample index, so a resumed run sees the same data as an uninterrupted one.
+at the next sample index, so a resumed run sees the same data as an uninterrupted one. A resumed run keeps the
+checkpoint's data recipe and network (RECIPE_FIELDS); steps, minutes, lr, device and threads are the caller's.
+
+Learning rate: constant for the first half of the run, then a linear decay to 0. The run ends at `steps`, or,
+when `minutes` is given, at that wall time (whichever comes first): a time-boxed session anneals by its end.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +52,7 @@ class TrainConfig:
     pairs: int = 2048
     lr: float = 1e-3
     clamp: float = 0.2  # canonical units (height 1): 34 cm on a 1.7 m body
+    travel_share: float = 0.5  # pairs whose vertex is drawn by its travel from the template (see sample_pairs)
     yaw_range_deg: float = 50.0  # facing range seen in training; inference tries facings 90 degrees apart
     seed: int = 1
     workers: int = 1
@@ -57,16 +65,41 @@ class TrainConfig:
     network: dict = field(default_factory=dict)  # CompactScanLVD keyword overrides
 
 
+# What makes a run's data and network: kept from the checkpoint when a run resumes.
+RECIPE_FIELDS = ("body", "body_path", "subset", "batch", "pairs", "clamp", "yaw_range_deg", "seed", "network", "travel_share")
+
+
+def resumed_config(config: TrainConfig, saved: dict) -> TrainConfig:
+    """`config` with the recipe fields of a checkpoint's saved train_config (the caller's budget kept)."""
+    return replace(config, **{k: saved[k] for k in RECIPE_FIELDS if k in saved})
+
+
+def learning_rate_factor(step: int, config: TrainConfig, elapsed_seconds: float) -> float:
+    """1 for the first half of the run, then linear to 0 at its end: progress is the fraction of the steps
+    (from 0) or, when config.minutes is set, the larger of that and the fraction of this session's time."""
+    progress = step / config.steps
+    if config.minutes:
+        progress = max(progress, elapsed_seconds / (60 * config.minutes))
+    return 1.0 if progress < 0.5 else max(0.0, 2.0 * (1.0 - progress))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # examples
 
 
+TRAVEL_FLOOR = 0.03  # canonical units (5 cm at 1.7 m): a vertex that did not move is still drawn
+
+
 def sample_pairs(
-    rng: np.random.Generator, gt: np.ndarray, template: np.ndarray, count: int, box: float
+    rng: np.random.Generator, gt: np.ndarray, template: np.ndarray, count: int, box: float, travel_share: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Query points and their vertices: gt, template (N, 3) canonical -> points (count, 3), vertex ids (count,)."""
+    """Query points and their vertices: gt, template (N, 3) canonical -> points (count, 3), vertex ids (count,).
+
+    travel_share of the vertices are drawn with probability proportional to |gt - template| + TRAVEL_FLOOR."""
     n = len(gt)
-    vertex = rng.integers(n, size=count)
+    travel = np.linalg.norm(gt - template, axis=1) + TRAVEL_FLOOR
+    by_travel = rng.uniform(size=count) < travel_share
+    vertex = np.where(by_travel, rng.choice(n, size=count, p=travel / travel.sum()), rng.integers(n, size=count))
     kind = rng.choice(4, size=count, p=[0.55, 0.15, 0.15, 0.15])
     sigma = np.where(rng.uniform(size=count) < 0.5, 0.012, 0.035)[:, None]
     near = gt[vertex] + sigma * rng.normal(size=(count, 3))
@@ -103,7 +136,7 @@ def make_example(scan, body, vertex_ids: np.ndarray, template: np.ndarray, confi
     frame = canonical_frame(scan.points, body.up_axis, body_kind(body))
     points_c = frame.to_canonical(scan.points.astype(np.float64))
     gt = frame.to_canonical(scan.vertices_gt[vertex_ids].astype(np.float64)).astype(np.float32)
-    queries, vertex = sample_pairs(rng, gt, template, config.pairs, COMPACT_BODY.box_max)
+    queries, vertex = sample_pairs(rng, gt, template, config.pairs, COMPACT_BODY.box_max, config.travel_share)
     targets = np.clip(queries - gt[vertex], -config.clamp, config.clamp)
     return (
         torch.from_numpy(COMPACT_BODY.grid(points_c)),
@@ -159,7 +192,6 @@ def build_network(config: TrainConfig) -> tuple[CompactScanLVD, np.ndarray, np.n
 def train(config: TrainConfig, log=print) -> Path:
     """Train (or resume) and return the checkpoint path. Writes <out>/checkpoint.pt, train_state.pt, log.jsonl."""
     torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     device = pick_device(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,8 +199,10 @@ def train(config: TrainConfig, log=print) -> Path:
     if checkpoint.exists():
         network = load_checkpoint(checkpoint, device="cpu")
         meta = network.checkpoint_metadata
+        config = resumed_config(config, meta.get("train_config", {}))
         vertex_ids, template = np.asarray(meta["vertex_ids"]), network.template.numpy()
     else:
+        torch.manual_seed(config.seed)
         network, vertex_ids, template = build_network(config)
         meta = {}
     network.to(device).train()
@@ -179,7 +213,6 @@ def train(config: TrainConfig, log=print) -> Path:
         optimiser.load_state_dict(state["optimizer"])
         step, wall = int(state["step"]), float(state.get("wall_seconds", 0.0))
         log(f"resuming at step {step}")
-    schedule = lambda s: 1.0 if s < config.steps // 2 else max(0.0, 2.0 * (1 - s / config.steps))  # noqa: E731
     examples = TrainingExamples(config, vertex_ids, template, start=step * config.batch)
     loader = torch.utils.data.DataLoader(
         examples, batch_size=config.batch, num_workers=config.workers, persistent_workers=config.workers > 0
@@ -205,7 +238,7 @@ def train(config: TrainConfig, log=print) -> Path:
         if step >= config.steps or (config.minutes and time.time() - started > 60 * config.minutes):
             break
         for group in optimiser.param_groups:
-            group["lr"] = config.lr * schedule(step)
+            group["lr"] = config.lr * learning_rate_factor(step, config, time.time() - started)
         features = network.encode(grids.to(device))
         predicted = network.predict_own_offsets(features, queries.to(device), vertex.to(device))
         loss = (predicted - targets.to(device)).abs().mean()

@@ -88,7 +88,7 @@ def make_photo_example(photo: SyntheticPhoto, rng, vertex_ids: np.ndarray, templ
     crop = crop_person(jitter_colours(photo.image, rng), jitter_mask(photo.mask, rng))
     frame = PhotoFrame.of(photo.camera, crop.transform, photo.vertices_gt)
     gt = frame.from_model(photo.vertices_gt[vertex_ids])
-    queries, vertex = sample_pairs(rng, gt, template, config.pairs, config.box)
+    queries, vertex = sample_pairs(rng, gt, template, config.pairs, config.box, config.travel_share)
     targets = np.clip(queries - gt[vertex], -config.clamp, config.clamp)
     return network_image(crop, with_mask=True), torch.from_numpy(queries), torch.from_numpy(vertex), torch.from_numpy(targets.astype(np.float32))
 
