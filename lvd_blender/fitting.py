@@ -47,6 +47,7 @@ class FitOutcome:
     description: dict  # lvd_core.export.character_description
     frame_matrix: np.ndarray  # (4, 4) the model's fitted frame -> Blender world
     residual_mm: float
+    quality: str  # the result's quality_label(short=True): "12.3 mm" for scans, "IoU 0.852" for photos
     seconds: float
     note: str = ""  # e.g. the CUDA -> CPU fallback
 
@@ -114,13 +115,14 @@ def fit_item(item: Item, settings: FitSettings, progress, cancel) -> FitOutcome:
 def _fit(item: Item, settings: FitSettings, device: str, progress, cancel) -> FitOutcome:
     started = time.perf_counter()
     inputs = item.inputs
-    options = dict(body=settings.body_model, device=device, iterations=settings.iterations, progress=progress, cancel=cancel)
+    options = dict(body=settings.body_model, device=device, iterations=settings.iterations, refine=settings.refine,
+                   progress=progress, cancel=cancel)  # fmt: skip
     if settings.model_path:
         options["model_path"] = settings.model_path
     if settings.checkpoint_folder:
         options["checkpoint_folder"] = settings.checkpoint_folder
     if inputs["kind"] == "scan":
-        result = pipeline().fit_scan(inputs["vertices"], inputs["faces"], up="z", refine=settings.refine, **options)
+        result = pipeline().fit_scan(inputs["vertices"], inputs["faces"], up="z", **options)
     else:
         image = core("inputs.image")
         rgb = image.load_image(inputs["path"]) if "path" in inputs else image.from_blender_pixels(inputs["pixels"], *inputs["size"])
@@ -133,7 +135,8 @@ def _fit(item: Item, settings: FitSettings, device: str, progress, cancel) -> Fi
         untranslate = np.eye(4)
         untranslate[:3, 3] = -description["fit_transform"][:3, 3]
         frame = inputs["placement"] @ description["model_to_zup"] @ untranslate
-    return FitOutcome(description, frame, float(result.residual_mm), time.perf_counter() - started)
+    quality = result.quality_label(short=True)
+    return FitOutcome(description, frame, float(result.residual_mm), quality, time.perf_counter() - started)
 
 
 # -- main thread: results ---------------------------------------------------------------------------------
@@ -177,7 +180,7 @@ class FitRun:
         )
         self.characters.append(armature_obj)
         status = context.window_manager.lvd_progress
-        status.last_seconds, status.last_residual_mm = outcome.seconds, outcome.residual_mm
+        status.last_seconds, status.last_quality = outcome.seconds, outcome.quality
         if outcome.note and outcome.note not in self.notes:
             self.notes.append(outcome.note)
 

@@ -48,7 +48,7 @@ class LVD_PT_main(bpy.types.Panel):
             layout.progress(factor=status.factor, type="BAR", text=status.text or "Fitting")
         elif status.last_summary:
             layout.label(text=status.last_summary)
-            layout.label(text=f"{status.last_seconds:.1f} s, residual {status.last_residual_mm:.1f} mm")
+            layout.label(text=f"{status.last_seconds:.1f} s, fit {status.last_quality}")
 
         box = layout.box()
         box.label(text="Export")

@@ -29,7 +29,8 @@ class LVD_PG_settings(bpy.types.PropertyGroup):
     iterations: IntProperty(
         name="Descent Iterations", min=0, max=50, default=0, description="Vertex descent steps; 0 uses the trained default"
     )
-    refine: BoolProperty(name="Refine to Scan Surface", default=True, description="Pull the body onto the scan after the fit")
+    refine: BoolProperty(name="Refine to the Input", default=True,
+                         description="After the fit, pull the body onto the scan surface, or its outline onto the photo's person mask")
     shape_as_keys: BoolProperty(
         name="Shape as Shape Keys", default=False, description="Keep the body shape editable as shape keys over the neutral body"
     )
@@ -50,7 +51,7 @@ class LVD_PG_progress(bpy.types.PropertyGroup):
     factor: FloatProperty(min=0.0, max=1.0)
     text: StringProperty()
     last_seconds: FloatProperty()
-    last_residual_mm: FloatProperty()
+    last_quality: StringProperty()  # the last fit's quality_label(short=True)
     last_summary: StringProperty()
 
 

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available")
     group.add_argument("--units", choices=("m", "cm", "mm"), help="the scan's units (default: detected from its size)")
     group.add_argument("--up", choices=("y", "z"), help="the scan's up axis (default: detected)")
-    group.add_argument("--no-refine", dest="refine", action="store_false", help="skip the refinement against the scan surface (faster)")
+    group.add_argument("--no-refine", dest="refine", action="store_false", help="skip the refinement against the scan surface or the photo's person mask (faster)")
     group.add_argument("--iterations", type=positive_int, metavar="N", help="LVD descent iterations (default: 10)")
     group.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
     group.add_argument("--no-export", dest="export", action="store_false", help="skip the rigged .glb/.fbx (needs Blender's bpy)")
@@ -159,6 +159,8 @@ class Outcome:
     residual_mm: float | None = None
     seconds: float = 0.0
     message: str = ""
+    quality: str = ""  # the result's quality_label()
+    quality_cell: str = "-"  # the same, short
     timings: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
 
@@ -206,7 +208,8 @@ def fit_quietly(source: Path, stem: str, settings: FitSettings, debug: bool = Fa
     except Exception as error:
         return Outcome(str(source), "failed", seconds=time.perf_counter() - started, message=error_message(error, debug))
     return Outcome(str(source), "fitted", result.residual_mm, time.perf_counter() - started, timings=result.timings,
-                   paths={kind: str(path) for kind, path in paths.items()})  # fmt: skip
+                   paths={kind: str(path) for kind, path in paths.items()}, quality=result.quality_label(),
+                   quality_cell=result.quality_label(short=True))  # fmt: skip
 
 
 def error_message(error: Exception, debug: bool) -> str:
@@ -250,7 +253,7 @@ def run_fit(args) -> int:
         print(f"error: {outcome.message}", file=sys.stderr)
         return EXIT_FAILED
     print(f"fitted {args.input} in {outcome.seconds:.1f} s ({format_timings(outcome.timings)})")
-    print(f"residual {outcome.residual_mm:.1f} mm (median distance from the scan to the fitted body)")
+    print(outcome.quality)
     print("wrote " + ", ".join(outcome.paths.values()))
     return EXIT_OK
 
@@ -348,11 +351,10 @@ def progress_line(done: int, total: int, started: float) -> str:
 
 def summary_table(outcomes: list[Outcome]) -> str:
     width = max(len("file"), *(len(outcome.source) for outcome in outcomes))
-    lines = [f"{'file':{width}s}  {'status':8s} {'residual mm':>11s} {'seconds':>8s}  note"]
+    lines = [f"{'file':{width}s}  {'status':8s} {'fit':>11s} {'seconds':>8s}  note"]
     for outcome in outcomes:
-        residual = "-" if outcome.residual_mm is None else f"{outcome.residual_mm:.1f}"
         seconds = "-" if outcome.status == "skipped" else f"{outcome.seconds:.1f}"
-        lines.append(f"{outcome.source:{width}s}  {outcome.status:8s} {residual:>11s} {seconds:>8s}  {outcome.message}".rstrip())
+        lines.append(f"{outcome.source:{width}s}  {outcome.status:8s} {outcome.quality_cell:>11s} {seconds:>8s}  {outcome.message}".rstrip())
     return "\n".join(lines)
 
 
@@ -368,7 +370,7 @@ def run_demo(args) -> int:
     scan_points = preview_points(SAMPLE_SCAN, result, body)
     paths["preview"] = write_preview(args.out / "preview.png", result, body, scan_points, title="LVD demo")
     print(f"fitted the sample scan {SAMPLE_SCAN} in {time.perf_counter() - started:.1f} s ({format_timings(result.timings)})")
-    print(f"residual {result.residual_mm:.1f} mm (median distance from the scan to the fitted body)")
+    print(result.quality_label())
     print(f"error against the known ground truth: {sample_truth_error_mm(result.vertices_input):.1f} mm (mean vertex distance)")
     for kind, path in paths.items():
         print(f"  {kind:8s} {path}")

@@ -8,8 +8,9 @@ Stages, each a small function:
 3. `levenberg_marquardt` stages: pose, shape, pose, then everything (least squares), restarts from probe
    ages for Anny (`escape_shape_minima`), and a robust finish (Geman-McClure reweighting) so a few wild LVD
    vertices cannot drag the body; weak priors keep the shape near neutral and unseen joints at rest.
-4. `refine_to_surface` (scans): ICP-style rounds of the same solver with body/scan nearest-point pairs as
-   extra rows, anchored by the LVD vertices.
+4. `refine_with_pairs`: ICP-style rounds of the same solver with re-paired (body vertex, goal) rows, anchored
+   by the LVD vertices: `refine_to_surface` pairs the body with the scan's surface (scans), and the photo fit
+   pairs its silhouette with the person mask (lvd_core.photo).
 
 Why not the paper's fit (Adam, 500 steps, lr 0.1 with linear decay, L1 + 0.01 mean(beta^2))? The closed-form
 initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-15x
@@ -49,6 +50,8 @@ class FitOptions:
     # Joints kept at their starting rotation (names; absent ones ignored): e.g. fingers and toes, which a few
     # hundred scan correspondences cannot pin down, to fit a body scan 2-3x faster.
     frozen_joints: tuple = ()
+    # joint_pose (J-1, 3) the frozen joints are held at (e.g. relaxed fingers); None: their initial rotation.
+    frozen_pose: np.ndarray | None = None
     surface_iterations: int = 12  # refine_to_surface: Levenberg-Marquardt steps in all
     surface_steps_per_round: int = 2  # ... between re-pairings of body and scan points
     surface_weight: float = 8.0  # the scan pairs' total weight against the LVD vertices
@@ -148,6 +151,17 @@ def part_rotation_init(body: BodyModel, params: BodyParams, targets: Tensor, ver
                 joint_pose[b, j - 1] = matrix_to_axis_angle(glob[parent].T @ glob[j])
     params = params.with_(global_orient=global_orient, joint_pose=joint_pose)
     return _refit_translation(body, params, targets, vertex_ids)
+
+
+def hold_frozen_joints(body: BodyModel, params: BodyParams, options: FitOptions) -> BodyParams:
+    """params with the frozen joints' rotations set to options.frozen_pose (unchanged when it is None)."""
+    if options.frozen_pose is None:
+        return params
+    rows = [body.joint_names.index(n) - 1 for n in options.frozen_joints if n in body.joint_names[1:]]
+    joint_pose = params.joint_pose.clone()
+    held = torch.as_tensor(options.frozen_pose, dtype=joint_pose.dtype, device=joint_pose.device)
+    joint_pose[:, rows] = held[rows]
+    return params.with_(joint_pose=joint_pose)
 
 
 def _refit_translation(body: BodyModel, params: BodyParams, targets: Tensor, vertex_ids: Tensor) -> BodyParams:
@@ -371,6 +385,7 @@ def fit_to_vertices(
     with torch.no_grad():
         params = similarity_init(body, targets, vertex_ids, weights, options.fit_scale)
         params = part_rotation_init(body, params, targets, vertex_ids)
+        params = hold_frozen_joints(body, params, options)
     free = _Free(body, params, options.fit_scale)
     # The pose first (the shape near neutral explains most of a body), then shape and pose alternately,
     # then everything; least squares first (every part pulls, however far), robust last (wild LVD vertices
@@ -411,39 +426,33 @@ def _nearest(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return cKDTree(target).query(source, k=1)[1]
 
 
-def refine_to_surface(
+def refine_with_pairs(
     body: BodyModel,
     fit: FitResult,
     targets: Tensor,
-    scan_points: list[Tensor],
+    pairing: list,
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
 ) -> FitResult:
-    """Pull the fitted body onto the scan, ICP-style: each round pairs sampled body vertices with their nearest
-    scan points and sampled scan points with their nearest body vertices (two-way), and solves with the LVD
-    vertices as an anchor (`options.surface_weight` : 1), robustly, by Levenberg-Marquardt: every pair is just
-    one more (vertex, target) row. scan_points: per batch item (M_b, 3), metres."""
+    """ICP-style rounds: each round, `pairing[b](current vertices (V, 3) numpy)` returns body vertex ids (K,)
+    and their goals (K, 3) (metres, model frame) for batch item b; Levenberg-Marquardt then solves with the
+    LVD vertices as an anchor (the pairs weigh `options.surface_weight` : 1 against them), robustly: every
+    pair is one more (vertex, target) row. Items are refined one at a time (their pairs differ)."""
     options = options or FitOptions()
     if vertex_ids is None:
         vertex_ids = torch.arange(body.vertex_count, device=body.device)
     rounds = max(1, options.surface_iterations // options.surface_steps_per_round)
-    rng = np.random.default_rng(0)
     refined = []
-    for b, scan in enumerate(scan_points):  # correspondences differ per item: one item at a time
-        scan = scan.to(device=body.device, dtype=body.dtype)
+    for b, pairs_of in enumerate(pairing):
         free = _Free(body, fit.params.index(b), options.fit_scale)
-        body_sample = torch.as_tensor(rng.choice(body.vertex_count, min(SURFACE_PAIRS, body.vertex_count), replace=False))
-        scan_sample = scan[rng.choice(len(scan), min(SURFACE_PAIRS, len(scan)), replace=False)]
         for _ in range(rounds):
             with torch.no_grad():
                 current = body(free.params()).vertices[0].cpu().numpy()
-            nearest_scan = scan[torch.as_tensor(_nearest(current[body_sample.numpy()], scan.cpu().numpy()))]
-            nearest_body = torch.as_tensor(_nearest(scan_sample.cpu().numpy(), current))
-            ids = torch.cat([vertex_ids.cpu(), body_sample, nearest_body]).to(body.device)
-            goals = torch.cat([targets[b], nearest_scan, scan_sample])[None]
-            pairs = len(body_sample) + len(scan_sample)
-            pair_weight = options.surface_weight * len(vertex_ids) / pairs
-            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((pairs,), pair_weight)])[None]
+            pair_ids, pair_goals = pairs_of(current)
+            ids = torch.cat([vertex_ids.cpu(), torch.as_tensor(pair_ids, dtype=torch.long)]).to(body.device)
+            goals = torch.cat([targets[b], torch.as_tensor(pair_goals, dtype=body.dtype, device=body.device)])[None]
+            pair_weight = options.surface_weight * len(vertex_ids) / max(len(pair_ids), 1)
+            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((len(pair_ids),), pair_weight)])[None]
             levenberg_marquardt(
                 body, free, "full", goals, ids, weights.to(body.device, body.dtype), options,
                 options.surface_steps_per_round, robust_scale(targets[b : b + 1], options),
@@ -453,6 +462,35 @@ def refine_to_surface(
     with torch.no_grad():
         vertices = body(params).vertices
     return FitResult(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))
+
+
+def surface_pairing(body: BodyModel, scan: np.ndarray, seed: int = 0):
+    """The pairing of `refine_with_pairs` for a scan (M, 3), metres: sampled body vertices with their nearest
+    scan points, and sampled scan points with their nearest body vertices (two-way)."""
+    rng = np.random.default_rng(seed)
+    body_sample = rng.choice(body.vertex_count, min(SURFACE_PAIRS, body.vertex_count), replace=False)
+    scan_sample = scan[rng.choice(len(scan), min(SURFACE_PAIRS, len(scan)), replace=False)]
+
+    def pairs(current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nearest_scan = scan[_nearest(current[body_sample], scan)]
+        nearest_body = _nearest(scan_sample, current)
+        return np.concatenate([body_sample, nearest_body]), np.concatenate([nearest_scan, scan_sample])
+
+    return pairs
+
+
+def refine_to_surface(
+    body: BodyModel,
+    fit: FitResult,
+    targets: Tensor,
+    scan_points: list[Tensor],
+    vertex_ids: Tensor | None = None,
+    options: FitOptions | None = None,
+) -> FitResult:
+    """Pull the fitted body onto the scan (`refine_with_pairs` with `surface_pairing`). scan_points: per batch
+    item (M_b, 3), metres."""
+    pairing = [surface_pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
+    return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -129,14 +129,22 @@ def write_result(
 
 
 def write_preview(path: Path, result: FitResult, body: BodyModel, scan_points: np.ndarray | None, title: str) -> Path:
-    """The preview of `result` (and the scan's points), both seen Z-up."""
-    from .preview import render_preview
+    """The preview of `result` (and the scan's points), both seen Z-up; for a photo, the photo preview."""
+    from .preview import render_photo_preview, render_preview
 
     to_zup = zup_from_input(result, body)
+    body_zup = apply_matrix(to_zup, result.vertices_input)
+    label = f"{title}: {result.body_name}, {result.quality_label(short=True)}"
+    crop = getattr(result, "crop", None)
+    if crop is not None:
+        from .photo import silhouette
+
+        covered = silhouette(result, crop.mask.shape[0])
+        return render_photo_preview(path, crop.image, crop.mask, covered, body_zup, body.faces, title=label)
     return render_preview(
         path,
         scan_points=None if scan_points is None else apply_matrix(to_zup, scan_points),
-        body_vertices=apply_matrix(to_zup, result.vertices_input),
+        body_vertices=body_zup,
         body_faces=body.faces,
-        title=f"{title}: {result.body_name}, residual {result.residual_mm:.1f} mm",
+        title=label,
     )

@@ -26,6 +26,7 @@ from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
 from .inputs.grids import COMPACT_BODY, PAPER_BODY, PAPER_HAND
 from .inputs.scan import Scan, load_scan
 from .nets.compact import CompactScanLVD
+from .synth.poses import relaxed_finger_pose
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # The checkpoint each shipped body model uses by default (under WEIGHTS_DIR or a user's checkpoint folder).
@@ -64,6 +65,12 @@ class FitResult:
     units: str
     timings: dict = field(default_factory=dict)
     facing_deg: float = 0.0
+
+    def quality_label(self, short: bool = False) -> str:
+        """How well the body fits its input, for people: a sentence, or a table cell."""
+        if short:
+            return f"{self.residual_mm:.1f} mm"
+        return f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
 
 
 class StageTimer:
@@ -282,13 +289,22 @@ def _mirror_x(scan: Scan) -> Scan:
     return replace(scan, vertices=scan.vertices * flip, points=(scan.points * flip).astype(np.float32))
 
 
+def held_extremities(body: BodyModel) -> dict:
+    """FitOptions fields that hold a whole body's fingers, toes and eyes (hands: nothing): a network's vertex
+    subset holds a handful of their vertices, too few to pose them (they come out crumpled), and freezing
+    them makes the fit 2-3x faster. The fingers are held relaxed (slightly curled, as hands at rest are), not
+    straight: fingers carry a fifth of Anny's vertices."""
+    if body_kind(body) != "body":
+        return {}
+    extremities = ("toe", "finger", "metacarpal", "eye")
+    frozen = tuple(n for n in body.joint_names if n.startswith(extremities))
+    return {"frozen_joints": frozen, "frozen_pose": relaxed_finger_pose(body)}
+
+
 def scan_fit_options(body: BodyModel, fit_scale: bool) -> FitOptions:
     """The fit for network predictions (centimetre-level errors, so fewer final iterations than for exact
-    targets). Whole bodies keep fingers and toes at rest: the network's vertex subset holds a handful of their
-    vertices, too few to pose them, and freezing them makes the fit 2-3x faster."""
-    extremities = ("toe", "finger", "metacarpal", "eye")
-    frozen = tuple(n for n in body.joint_names if n.startswith(extremities)) if body_kind(body) == "body" else ()
-    return FitOptions(fit_scale=fit_scale, frozen_joints=frozen, full_iterations=6, robust_iterations=3)
+    targets), extremities held (`held_extremities`)."""
+    return FitOptions(fit_scale=fit_scale, full_iterations=6, robust_iterations=3, **held_extremities(body))
 
 
 def _chamfer(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,6 +1,7 @@
 """A quick PNG to check a fit by eye: front and side orthographic views of the scan (grey points) and the
 fitted body (a flat-shaded mesh) overlaid. Coordinates are Z-up with the subject facing -Y (the model frame
-of Anny; lvd_core.outputs.zup_from_input brings any input there).
+of Anny; lvd_core.outputs.zup_from_input brings any input there). Photos: the person crop with the fitted
+body's silhouette and the person mask's outline drawn on it, beside the body's side view.
 """
 
 from __future__ import annotations
@@ -51,20 +52,61 @@ def render_preview(
             ax.scatter(flat[:, 0], flat[:, 1], s=0.4, c="0.25", alpha=0.4, linewidths=0, rasterized=True)
         everything = [a for a in (scan_points, body_vertices) if a is not None]
         if everything:
-            flat = np.concatenate(everything) @ screen
-            low, high = flat.min(0), flat.max(0)
-            pad = 0.03 * (high - low).max()
-            ax.set_xlim(low[0] - pad, high[0] + pad)
-            ax.set_ylim(low[1] - pad, high[1] + pad)
-        ax.set_aspect("equal")
+            _frame_view(ax, np.concatenate(everything) @ screen)
         ax.set_title(name)
-        ax.axis("off")
+    return _save(figure, path, title)
+
+
+def _frame_view(ax, flat: np.ndarray) -> None:
+    """Fit the axes around projected points (N, 2) with a small margin, equal aspect, no axes drawn."""
+    low, high = flat.min(0), flat.max(0)
+    pad = 0.03 * (high - low).max()
+    ax.set_xlim(low[0] - pad, high[0] + pad)
+    ax.set_ylim(low[1] - pad, high[1] + pad)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def _save(figure, path: str | Path, title: str | None) -> Path:
+    import matplotlib.pyplot as plt
+
     if title:
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     return Path(path)
+
+
+def render_photo_preview(
+    path: str | Path, crop_image: np.ndarray, person_mask: np.ndarray, body_mask: np.ndarray,
+    body_vertices: np.ndarray, body_faces: np.ndarray, title: str | None = None,
+) -> Path:  # fmt: skip
+    """Write the photo preview to `path` (PNG): the crop (S, S, 3) uint8 with the fitted body's silhouette
+    body_mask (S, S) bool tinted blue and the person mask's (S, S, >= 0.5) outline in yellow; and the side
+    view of the body (V, 3) Z-up with faces (F, 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+    from scipy import ndimage
+
+    person = np.asarray(person_mask) >= 0.5
+    overlay = crop_image.astype(np.float64) / 255
+    overlay[body_mask] = 0.5 * overlay[body_mask] + 0.5 * BODY_COLOUR
+    overlay[person & ~ndimage.binary_erosion(person, border_value=0)] = (1.0, 0.85, 0.1)
+    figure, (photo_ax, side_ax) = plt.subplots(1, 2, figsize=(8, 4.5), dpi=100)
+    photo_ax.imshow(overlay, interpolation="nearest")
+    photo_ax.set_title("photo, fitted body (blue), person mask (yellow)", fontsize=9)
+    name, right, up, towards_viewer = VIEWS[1]
+    screen = np.stack([right, up], axis=1)
+    polygons, colours = shaded_triangles(body_vertices, body_faces, screen, towards_viewer)
+    side_ax.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="none", antialiased=False))
+    _frame_view(side_ax, body_vertices @ screen)
+    side_ax.set_title(name)
+    photo_ax.axis("off")
+    return _save(figure, path, title)
 
 
 def shaded_triangles(vertices: np.ndarray, faces: np.ndarray, screen: np.ndarray, towards_viewer: np.ndarray):

@@ -34,7 +34,7 @@ from .nets.compact_image import CompactImageLVD, PhotoFrame, photo_template
 from .photo import DESCENT_ITERATIONS, fit_crop, predict_crop, silhouette_iou
 from .synth.dataset import VALIDATION_SEED, BodySampling, sample_params
 from .synth.renders import SyntheticPhoto, render_photo
-from .train import TrainConfig, _progress, sample_pairs, write_manifest
+from .train import TrainConfig, _progress, learning_rate_factor, sample_pairs, write_manifest
 
 
 @dataclass
@@ -167,14 +167,6 @@ def build_network(config: ImageTrainConfig) -> tuple[CompactImageLVD, np.ndarray
     return CompactImageLVD(config.subset, template=template.tolist(), **config.network), vertex_ids
 
 
-def learning_rate_factor(step: int, seconds: float, config: ImageTrainConfig) -> float:
-    """1 over the first half of the run (by steps or by minutes, whichever is further along), then linear to 0."""
-    done = step / config.steps
-    if config.minutes:
-        done = max(done, seconds / (60 * config.minutes))
-    return min(1.0, max(0.0, 2.0 * (1 - done)))
-
-
 def train(config: ImageTrainConfig, log=print) -> Path:
     """Train (or resume) and return the checkpoint path. Writes <out>/checkpoint.pt, train_state.pt, log.jsonl."""
     torch.set_num_threads(config.threads)
@@ -222,7 +214,7 @@ def train(config: ImageTrainConfig, log=print) -> Path:
         if step >= config.steps or (config.minutes and seconds > 60 * config.minutes):
             break
         for group in optimiser.param_groups:
-            group["lr"] = config.lr * learning_rate_factor(step, seconds, config)
+            group["lr"] = config.lr * learning_rate_factor(step, config, seconds)
         features = network.encode(crops.to(device))
         predicted = network.predict_own_offsets(features, queries.to(device), vertex.to(device))
         loss = (predicted - targets.to(device)).abs().mean()

@@ -41,7 +41,8 @@ class FakePipeline:
         input_from_model[:3, 3] = centre
         vertices = body(params).vertices[0].double().numpy() + centre
         return SimpleNamespace(body_name="anny-hand-right", params=params, input_from_model=input_from_model,
-                               vertices_input=vertices, residual_mm=2.5, timings={"total": 0.1})  # fmt: skip
+                               vertices_input=vertices, residual_mm=2.5, timings={"total": 0.1},
+                               quality_label=lambda short=False: "2.5 mm")  # fmt: skip
 
     def fit_scan(self, vertices, faces, *, body, device, progress, cancel, **options):
         self.devices.append(device)
@@ -175,7 +176,7 @@ def test_fit_builds_the_character_on_the_scan(pipeline):
     error = np.abs(blender_support.evaluated_world_vertices(body_mesh) - (expected + centre)).max()
     assert error < 1e-3
     progress = bpy.context.window_manager.lvd_progress
-    assert progress.last_residual_mm == 2.5 and "fitted 1 of 1" in progress.last_summary
+    assert progress.last_quality == "2.5 mm" and "fitted 1 of 1" in progress.last_summary
 
 
 def test_batch_fit_skips_broken_objects_by_name(pipeline):

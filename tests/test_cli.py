@@ -159,6 +159,17 @@ def test_batch_skips_bad_files_and_resumes(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in out.glob("*.json")} == finished
 
 
+def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path):
+    from PIL import Image
+
+    code, stdout, stderr = run(["fit", str(shared_data / "images" / "img1.png"), "--out", str(tmp_path), "--no-export"])
+    assert code == 0, stderr
+    assert "silhouette IoU" in stdout
+    for name in ("img1.npz", "img1.json", "img1_body.obj", "img1_preview.png"):
+        assert (tmp_path / name).is_file(), name
+    assert Image.open(tmp_path / "img1_preview.png").size == (800, 450)  # the photo layout, not the scan's 800 x 600
+
+
 def test_fit_missing_file_is_a_usage_error(tmp_path):
     code, _, stderr = run(["fit", str(tmp_path / "missing.ply")])
     assert code == 2 and stderr == f"error: no such file: {tmp_path / 'missing.ply'}\n"

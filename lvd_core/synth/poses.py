@@ -243,10 +243,25 @@ def _finger_angles(family: str, abstract: str, rng: np.random.Generator, n: int)
         fist = np.stack([_uniform(rng, _HAND_FAMILIES["fist"][abstract], n) for _ in FINGERS], axis=1)
         fist[:, 1] = _uniform(rng, _HAND_FAMILIES["open"][abstract], n)
         return fist
-    per_finger = np.stack([_uniform(rng, _HAND_FAMILIES[family][abstract], n) for _ in FINGERS], axis=1)
-    # Spread fingers fan out: index towards the thumb, ring and little away from it.
+    return _fan_out(np.stack([_uniform(rng, _HAND_FAMILIES[family][abstract], n) for _ in FINGERS], axis=1))
+
+
+def _fan_out(per_finger: np.ndarray) -> np.ndarray:
+    """(n, 5, 3) finger angles with their spread fanned: index towards the thumb, ring and little away from it."""
     per_finger[:, :, 1] *= np.array([1.0, 0.5, 0.0, -0.5, -1.0])[None]
     return per_finger
+
+
+def relaxed_finger_pose(body) -> np.ndarray:
+    """joint_pose (J-1, 3) float32 with every finger at the middle of the "relaxed" family (the curl of a hand
+    at rest, and of the synthetic bodies' hands) and every other joint at rest; all zero without fingers."""
+    abstracts = {joint.abstract for joint in body_rig(body)}
+    angles = {}
+    for abstract in sorted(a for a in abstracts if a.startswith("finger")):
+        middle = np.mean(_HAND_FAMILIES["relaxed"][abstract], axis=1)  # (3,) the middle of each range
+        for side in ("L", "R", ""):
+            angles[(abstract, side)] = _clip(abstract, _fan_out(np.tile(middle, (1, len(FINGERS), 1))))
+    return angles_to_joint_pose(body, angles, 1)[0]
 
 
 def _clip(abstract: str, angles: np.ndarray) -> np.ndarray:
