@@ -24,6 +24,7 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 PREVIEW_SCAN_POINTS = 20_000
+GPU_BATCH = 8  # scans per batch on a GPU (`lvd batch --batch-size`); not measured on a GPU yet (none was lent)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_SCAN = DATA_DIR / "sample_scan.ply"
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("inputs", nargs="+", metavar="DIR|GLOB|FILE", help="folders (their scans and photos), glob patterns or files")
     batch.add_argument("--workers", type=positive_int, metavar="N", help="CPU worker processes (default: min(2, CPU count))")
+    batch.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help=f"scans fitted together, the descent and the body fit batched (default: {GPU_BATCH} on a GPU; "
+                            "1 on the CPU, where worker processes run in parallel instead)")  # fmt: skip
     batch.add_argument("--force", action="store_true", help="fit again inputs whose outputs already exist")
     batch.set_defaults(run=run_batch)
 
@@ -168,25 +172,29 @@ class Outcome:
 def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
     """Fit one scan or photo and write its outputs: (FitResult, {kind: path}). Core errors propagate."""
     from . import pipeline
-    from .body import load_body_model
-    from .outputs import write_result
 
     options = settings.fit_options
-    is_photo = source.suffix.lower() in PHOTO_EXTENSIONS
-    if is_photo:
+    if source.suffix.lower() in PHOTO_EXTENSIONS:
         from .inputs.image import load_image
 
         result = pipeline.fit_photo(load_image(source), **options)
     else:
         result = pipeline.fit_scan(source, **options)
-    body = load_body_model(result.body_name, options.get("model_path"))
+    return result, write_outputs(source, stem, settings, result)
+
+
+def write_outputs(source: Path, stem: str, settings: FitSettings, result) -> dict:
+    """Write a fitted input's files (lvd_core.outputs.write_result, with the scan's points in its preview)."""
+    from .body import load_body_model
+    from .outputs import write_result
+
+    body = load_body_model(result.body_name, settings.fit_options.get("model_path"))
     scan_points = None
-    if settings.preview and not is_photo:
+    if settings.preview and source.suffix.lower() not in PHOTO_EXTENSIONS:
         started = time.perf_counter()
         scan_points = preview_points(source, result, body)
         result.timings["preview_scan"] = round(time.perf_counter() - started, 3)
-    paths = write_result(result, settings.out, stem, body=body, scan_points=scan_points, export=settings.export, preview=settings.preview)
-    return result, paths
+    return write_result(result, settings.out, stem, body=body, scan_points=scan_points, export=settings.export, preview=settings.preview)
 
 
 def preview_points(source: Path, result, body):
@@ -207,9 +215,39 @@ def fit_quietly(source: Path, stem: str, settings: FitSettings, debug: bool = Fa
         result, paths = fit_input(source, stem, settings)
     except Exception as error:
         return Outcome(str(source), "failed", seconds=time.perf_counter() - started, message=error_message(error, debug))
-    return Outcome(str(source), "fitted", result.residual_mm, time.perf_counter() - started, timings=result.timings,
+    return fitted_outcome(source, result, paths, time.perf_counter() - started)
+
+
+def fitted_outcome(source: Path, result, paths: dict, seconds: float) -> Outcome:
+    return Outcome(str(source), "fitted", result.residual_mm, seconds, timings=result.timings,
                    paths={kind: str(path) for kind, path in paths.items()}, quality=result.quality_label(),
                    quality_cell=result.quality_label(short=True))  # fmt: skip
+
+
+def fit_together(todo: list[tuple[int, Path, str]], settings: FitSettings, debug: bool = False) -> list[tuple[int, Outcome]]:
+    """(index, source, stem) inputs -> (index, Outcome): the scans fitted in one batch (pipeline.fit_scans:
+    the descent and the body fit batched, as a GPU wants), their outputs written one by one; photos one at a
+    time. Each scan's seconds are its share of the batch."""
+    from . import pipeline
+
+    photos = [item for item in todo if item[1].suffix.lower() in PHOTO_EXTENSIONS]
+    scans = [item for item in todo if item not in photos]
+    outcomes = [(index, fit_quietly(source, stem, settings, debug)) for index, source, stem in photos]
+    started = time.perf_counter()
+    try:
+        results = pipeline.fit_scans([source for _, source, _ in scans], **settings.fit_options) if scans else []
+    except Exception as error:  # a problem of the options: no scan of the batch could be fitted
+        results = [error] * len(scans)
+    share = (time.perf_counter() - started) / max(len(scans), 1)
+    for (index, source, stem), result in zip(scans, results):
+        try:
+            if isinstance(result, Exception):
+                raise result
+            outcome = fitted_outcome(source, result, write_outputs(source, stem, settings, result), share)
+        except Exception as error:
+            outcome = Outcome(str(source), "failed", seconds=share, message=error_message(error, debug))
+        outcomes.append((index, outcome))
+    return outcomes
 
 
 def error_message(error: Exception, debug: bool) -> str:
@@ -271,6 +309,7 @@ def run_batch(args) -> int:
         else:
             todo.append((index, source, stem))
     workers = min(args.workers or min(2, os.cpu_count() or 1), len(todo))
+    batch_size = args.batch_size or (GPU_BATCH if device.type == "cuda" else 1)
     debug = getattr(args, "debug", False)
     started = time.perf_counter()
 
@@ -280,7 +319,11 @@ def run_batch(args) -> int:
             print(f"error: {outcome.source}: {outcome.message}", file=sys.stderr)
         print(progress_line(len(outcomes) - (len(inputs) - len(todo)), len(todo), started), file=sys.stderr)
 
-    if device.type == "cuda" or workers <= 1:  # one GPU: fits one after another in this process
+    if batch_size > 1:  # a GPU: batches of scans, one after another in this process
+        for first in range(0, len(todo), batch_size):
+            for index, outcome in fit_together(todo[first : first + batch_size], settings, debug):
+                report(index, outcome)
+    elif device.type == "cuda" or workers <= 1:
         for index, source, stem in todo:
             report(index, fit_quietly(source, stem, settings, debug))
     else:

@@ -63,6 +63,10 @@ class FitResult:
     vertices: Tensor  # (B, V, 3) the fitted body, all vertices
     residuals: Tensor  # (B, N) distance of each fitted target vertex to its target, metres
 
+    def item(self, b: int) -> "FitResult":
+        """Batch item b (keeping a batch dimension of 1)."""
+        return FitResult(self.params.index(b), self.vertices[b : b + 1], self.residuals[b : b + 1])
+
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. similarity
@@ -261,16 +265,18 @@ class _Free:
 
 def levenberg_marquardt(
     body: BodyModel, free: _Free, stage: str, targets: Tensor, vertex_ids: Tensor, weights: Tensor,
-    options: FitOptions, iterations: int, robust_scale: float | None = None, step: float = 1e-3,
+    options: FitOptions, iterations: int, robust_scale: Tensor | None = None, step: float = 1e-3,
 ) -> None:  # fmt: skip
     """Levenberg-Marquardt on a stage's unknowns with a forward-difference Jacobian (one batched forward pass
     per chunk of unknowns), robust through iteratively reweighted least squares (Geman-McClure weights).
 
     Why not L-BFGS: Anny's phenotypes act through a piecewise-linear interpolation between anchor shapes,
     and its many short and twist bones make the pose badly conditioned. At the kinks (0.5 is one) L-BFGS's
-    curvature model breaks and it stalls millimetres away; LM re-linearises every step and converges."""
+    curvature model breaks and it stalls millimetres away; LM re-linearises every step and converges.
+    robust_scale (B,) metres per item, or None for least squares. Every item is solved on its own (its own
+    size, priors and damping): a batch gives each item the result it would get alone."""
     batch = targets.shape[0]
-    size = body_size(targets)
+    size = body_size(targets)[:, None]  # (B, 1)
     prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
 
     def residuals(x: Tensor, sqrt_w: Tensor) -> Tensor:
@@ -278,8 +284,8 @@ def levenberg_marquardt(
         m = x.shape[0] // batch
         params = free.candidates(x, stage)
         diff = body(params, vertex_ids=vertex_ids).vertices - targets.repeat(m, 1, 1)
-        shape_term = prior * (params.shape - body.default_shape())
-        pose_term = pose_prior * params.joint_pose.flatten(1)
+        shape_term = prior.repeat(m, 1) * (params.shape - body.default_shape())
+        pose_term = pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)
         return torch.cat([(diff * sqrt_w.repeat(m, 1)[..., None]).flatten(1), shape_term, pose_term], dim=1)
 
     def irls_weights(x: Tensor) -> Tensor:
@@ -287,7 +293,7 @@ def levenberg_marquardt(
         w = weights / weights.sum(1, keepdim=True)
         if robust_scale is not None:
             squared = (body(free.candidates(x, stage), vertex_ids=vertex_ids).vertices - targets).square().sum(-1)
-            w = w * (robust_scale**2 / (squared + robust_scale**2)) ** 2
+            w = w * (robust_scale[:, None] ** 2 / (squared + robust_scale[:, None] ** 2)) ** 2
         return w.sqrt()
 
     frozen = {body.joint_names.index(name) for name in options.frozen_joints if name in body.joint_names}
@@ -324,15 +330,15 @@ def levenberg_marquardt(
 
 
 def body_size(targets: Tensor) -> Tensor:
-    """The targets' largest extent (B, N, 3) -> scalar, from the 2nd to the 98th percentile per axis so wild
-    targets do not inflate it, median over the batch."""
+    """Each item's largest extent: targets (B, N, 3) -> (B,), from the 2nd to the 98th percentile per axis so
+    wild targets do not inflate it."""
     quantiles = torch.quantile(targets, torch.tensor([0.02, 0.98], dtype=targets.dtype, device=targets.device), dim=1)
-    return (quantiles[1] - quantiles[0]).amax(1).median()
+    return (quantiles[1] - quantiles[0]).amax(1)
 
 
-def robust_scale(targets: Tensor, options: FitOptions) -> float:
-    """The Geman-McClure scale in metres: options.robust_scale times the body's size."""
-    return float(options.robust_scale * body_size(targets))
+def robust_scale(targets: Tensor, options: FitOptions) -> Tensor:
+    """(B,) the Geman-McClure scale in metres: options.robust_scale times each item's size."""
+    return options.robust_scale * body_size(targets)
 
 
 def escape_shape_minima(

@@ -3,7 +3,7 @@
 fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> distance grid -> LVD descent
 from the template, for a few facing hypotheses at once -> body fit to the predicted vertices (the best
 facing kept) -> optional refinement against the scan surface -> everything mapped back to the input's own
-frame and units.
+frame and units. fit_scans does the same for many scans, the descent and the fit batched (for a GPU).
 """
 
 from __future__ import annotations
@@ -168,37 +168,59 @@ def orientation_hypotheses(kind: str, facings: int) -> tuple[np.ndarray, list[np
     return angles, rotations
 
 
-def predict_vertices(network, scan: Scan, body: BodyModel, device, iterations: int, facings: int) -> tuple[np.ndarray, np.ndarray, NormalizedFrame, np.ndarray]:
-    """LVD on a scan: (facings, N, 3) predicted vertices in the input frame, their vertex ids (N,), the
-    canonical frame, and the facing angles tried (degrees)."""
+@dataclass
+class ScanPrediction:
+    """LVD on one scan: predicted (F, N, 3) vertices in the input frame for each facing tried, the canonical
+    frame and the facing angles (F,) in degrees."""
+
+    predicted: np.ndarray
+    canonical: NormalizedFrame
+    angles_deg: np.ndarray
+
+
+def predict_vertices(network, scans: list[Scan], device, iterations: int, facings: int) -> tuple[list[ScanPrediction], np.ndarray]:
+    """LVD on scans, every scan and facing in one batch: a ScanPrediction per scan and the vertex ids (N,)."""
     if isinstance(network, CompactScanLVD):
-        frame = canonical_frame(scan.points, scan.up, scan.kind, scan.units)
-        canonical = frame.to_canonical(scan.points.astype(np.float64))
-        angles, rotations = orientation_hypotheses(scan.kind, facings)
-        grids = np.stack([COMPACT_BODY.grid(canonical @ r) for r in rotations])  # rotate the scan by r^-1
+        angles, rotations = orientation_hypotheses(scans[0].kind, facings)
+        frames = [canonical_frame(scan.points, scan.up, scan.kind, scan.units) for scan in scans]
+        canonicals = [frame.to_canonical(scan.points.astype(np.float64)) for frame, scan in zip(frames, scans)]
+        grids = np.stack([COMPACT_BODY.grid(c @ r) for c in canonicals for r in rotations])  # the scan turned by r^-1
         vertex_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
-        start = network.template[None].expand(len(rotations), -1, -1)
+        start = network.template[None].expand(len(grids), -1, -1)
     else:  # the authors' networks: Y up, height 1.5, 128^3, start at the origin, all vertices
-        frame = normalize(scan, up_out="y", height=1.5)
+        frames = [normalize(scan, up_out="y", height=1.5) for scan in scans]
         preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
-        grids = preset.grid(frame.to_canonical(scan.points.astype(np.float64)), workers=-1)[None]  # 128^3: every core
+        grids = np.stack([preset.grid(f.to_canonical(s.points.astype(np.float64)), workers=-1) for f, s in zip(frames, scans)])
         angles, rotations = np.zeros(1), [np.eye(3)]
         vertex_ids = np.arange(network.vertex_count)
-        start = torch.zeros(1, 1, 3)
+        start = torch.zeros(len(grids), 1, 3)
     with torch.no_grad():
         features = network.encode(torch.from_numpy(grids).float().to(device))
         result = descend(network, features, start.to(device), iterations=iterations)
-    predicted = result.vertices.double().cpu().numpy()
-    unrotated = np.stack([p @ r.T for p, r in zip(predicted, rotations)])
-    return frame.to_input(unrotated), vertex_ids, frame, np.degrees(angles)
+    predicted = result.vertices.double().cpu().numpy().reshape(len(scans), len(rotations), -1, 3)
+    predictions = []
+    for frame, per_facing in zip(frames, predicted):
+        unrotated = np.stack([p @ r.T for p, r in zip(per_facing, rotations)])
+        predictions.append(ScanPrediction(frame.to_input(unrotated), frame, np.degrees(angles)))
+    return predictions, vertex_ids
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def fit_scan(
-    source,
-    faces: np.ndarray | None = None,
+def fit_scan(source, faces: np.ndarray | None = None, **options) -> FitResult:
+    """Fit a body to one scan: a path, or vertices (N, 3) with `faces` (F, 3) or None (a point cloud).
+    Options as for `fit_scans`. Bad input raises ScanError / InputError / BodyModelError / CheckpointError (all
+    ValueError) with a one-line message."""
+    item = source if faces is None and not isinstance(source, np.ndarray) else (source, faces)
+    [result] = fit_scans([item], **options)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def fit_scans(
+    sources: list,
     *,
     body: str = "anny",
     model_path: str | Path | None = None,
@@ -212,22 +234,31 @@ def fit_scan(
     refine: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
-) -> FitResult:
-    """Fit `body` to a scan: a path, or vertices (N, 3) with `faces` (F, 3) or None (a point cloud).
+) -> list[FitResult | Exception]:
+    """Fit `body` to scans: paths, or (vertices (N, 3), faces (F, 3) | None) pairs. The LVD descent and the
+    body fit run as one batch of every scan (and facing): what a GPU wants; loading and the surface refinement
+    run scan by scan. Returns, in order, each scan's FitResult, or the ValueError (ScanError, ...) that made
+    it unfittable: one bad scan does not stop the others. Problems of the options (body model, checkpoint)
+    raise. Timings are those of the whole batch.
 
     facings: how many facings (about the up axis, evenly spaced) LVD tries; 1 (bodies' default) assumes the usual
     convention (the person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view); 4 finds
     any facing, at about 4x the LVD and quick-fit cost. Hands have no usual orientation: 4 by default, each also
     upside down. progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
-    FitCancelled. Bad input raises ScanError / InputError / BodyModelError / CheckpointError (all ValueError)
-    with a one-line message.
+    FitCancelled.
     """
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)
     torch_device = pick_device(device)
     model = load_body_model(body, model_path, device=torch_device)
     kind = body_kind(model)
-    scan = load_scan(source if faces is None and not isinstance(source, np.ndarray) else (source, faces), units=units, up=up, kind=kind)
+    results: list[FitResult | Exception | None] = [None] * len(sources)
+    scans: dict[int, Scan] = {}
+    for index, source in enumerate(sources):
+        try:
+            scans[index] = load_scan(source, units=units, up=up, kind=kind)
+        except ValueError as error:
+            results[index] = error
     lap("load")
     network = load_network(resolve_weights(body, weights, checkpoint_folder), torch_device)
     meta = getattr(network, "checkpoint_metadata", {})
@@ -236,52 +267,91 @@ def fit_scan(
     if network.vertex_count > model.vertex_count:
         raise InputError(f"the checkpoint predicts {network.vertex_count} vertices, the {body} model has {model.vertex_count}")
     lap("network")
+    if not scans:
+        return results
     report_progress(progress, 0.15, "predicting vertices (LVD)", cancel)
-    iterations = iterations or 10
-    facings = facings or (4 if kind == "hand" else 1)
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
-    seen = _mirror_x(scan) if mirrored else scan
-    predicted, vertex_ids, canonical, angles = predict_vertices(network, seen, model, torch_device, iterations, facings)
-    if mirrored:
-        predicted = predicted * [-1.0, 1.0, 1.0]
-        canonical = canonical_frame(scan.points, scan.up, scan.kind, scan.units)  # the unmirrored scan's, for the fit
+    order = list(scans)
+    seen = [_mirror_x(scans[i]) if mirrored else scans[i] for i in order]
+    predictions, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, facings or (4 if kind == "hand" else 1))
+    if mirrored:  # back to the scan's side; the fit uses the unmirrored scan's canonical frame
+        for i, prediction in zip(order, predictions):
+            prediction.predicted = prediction.predicted * [-1.0, 1.0, 1.0]
+            prediction.canonical = canonical_frame(scans[i].points, scans[i].up, scans[i].kind, scans[i].units)
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
-    to_model, fit_scale = model_frame(scan, model, canonical)
-    targets = torch.as_tensor(np.stack([apply_transform(to_model, p) for p in predicted]), dtype=model.dtype, device=torch_device)
     ids = torch.as_tensor(vertex_ids, device=torch_device)
-    scan_model = apply_transform(to_model, scan.points.astype(np.float64))
-    sample = np.random.default_rng(0).choice(len(scan_model), min(SURFACE_POINTS, len(scan_model)), replace=False)
-    best = 0
-    if len(angles) > 1:  # a quick fit per facing; the network always draws a body, so judge them on the scan
-        quick = FitOptions(fit_scale=fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
-                           robust_iterations=0, age_probes=())  # fmt: skip
-        bodies = fit_to_vertices(model, targets, ids, options=quick).vertices.detach().cpu().numpy()
-        best = int(np.argmin([_chamfer(body, scan_model[sample]) for body in bodies]))
-    options = scan_fit_options(model, fit_scale)
-    fit = fit_to_vertices(model, targets[best : best + 1], ids, options=options)
+    placed = {i: _ScanInModel(model, scans[i], prediction) for i, prediction in zip(order, predictions)}
+    fits = {}
+    for fit_scale in (False, True):  # the fit's options hold fit_scale: one batch for each kind of scan
+        group = [i for i in order if placed[i].fit_scale == fit_scale]
+        if group:
+            fits.update(zip(group, _fit_group(model, [placed[i] for i in group], ids, fit_scale, torch_device)))
     lap("fit")
     if refine:
         report_progress(progress, 0.75, "refining against the scan surface", cancel)
-        points = torch.as_tensor(scan_model[sample], dtype=model.dtype, device=torch_device)
-        fit = refine_to_surface(model, fit, targets[best : best + 1], [points], ids, options)
+        for i in order:
+            fits[i] = refine_to_surface(model, fits[i], placed[i].best_targets(), [placed[i].surface_sample()], ids, placed[i].options)
         lap("refine")
-    input_from_model = np.linalg.inv(to_model)
-    vertices_model = fit.vertices[0].detach().cpu().double().numpy()
-    # In the model frame: millimetres for scans with units; for unitless ones, millimetres of a model-sized body.
-    residual_mm = 1000 * _median_distance(scan_model, vertices_model)
     report_progress(progress, 1.0, "done", cancel)
-    return FitResult(
-        body_name=model.name,
-        params=fit.params.to(device="cpu"),
-        input_from_model=input_from_model,
-        vertices_input=apply_transform(input_from_model, vertices_model),
-        lvd_vertices_input=predicted[best],
-        residual_mm=float(residual_mm),
-        units=scan.units,
-        timings=lap.timings,
-        facing_deg=float(angles[best]),
-    )
+    for i in order:
+        results[i] = placed[i].result(model, fits[i], dict(lap.timings, batch=len(order)))
+    return results
+
+
+class _ScanInModel:
+    """One scan in the model frame (metres, the model's up axis) on its way through fit_scans: its LVD targets
+    per facing, the facing chosen, and the fit's options."""
+
+    def __init__(self, model: BodyModel, scan: Scan, prediction: ScanPrediction):
+        self.scan, self.prediction = scan, prediction
+        self.to_model, self.fit_scale = model_frame(scan, model, prediction.canonical)
+        self.targets = np.stack([apply_transform(self.to_model, p) for p in prediction.predicted])  # (F, N, 3)
+        self.points = apply_transform(self.to_model, scan.points.astype(np.float64))
+        self.sample = np.random.default_rng(0).choice(len(self.points), min(SURFACE_POINTS, len(self.points)), replace=False)
+        self.options = scan_fit_options(model, self.fit_scale)
+        self.best = 0
+        self.device, self.dtype = model.device, model.dtype
+
+    def best_targets(self) -> torch.Tensor:
+        return torch.as_tensor(self.targets[self.best : self.best + 1], dtype=self.dtype, device=self.device)
+
+    def surface_sample(self) -> torch.Tensor:
+        return torch.as_tensor(self.points[self.sample], dtype=self.dtype, device=self.device)
+
+    def result(self, model: BodyModel, fit, timings: dict) -> FitResult:
+        input_from_model = np.linalg.inv(self.to_model)
+        vertices_model = fit.vertices[0].detach().cpu().double().numpy()
+        return FitResult(
+            body_name=model.name,
+            params=fit.params.to(device="cpu"),
+            input_from_model=input_from_model,
+            vertices_input=apply_transform(input_from_model, vertices_model),
+            lvd_vertices_input=self.prediction.predicted[self.best],
+            # In the model frame: millimetres for scans with units; for unitless ones, of a model-sized body.
+            residual_mm=float(1000 * _median_distance(self.points, vertices_model)),
+            units=self.scan.units,
+            timings=timings,
+            facing_deg=float(self.prediction.angles_deg[self.best]),
+        )
+
+
+def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor, fit_scale: bool, device) -> list:
+    """The body fit of scans that share fit_scale, batched: a quick fit of every facing of every scan when
+    there are several (the network always draws a body, so each is judged on its scan), then the full fit of
+    each scan's best facing. Returns each scan's (batch-1) lvd_core.fit.FitResult."""
+    facings = len(group[0].targets)
+    if facings > 1:
+        quick = FitOptions(fit_scale=fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
+                           robust_iterations=0, age_probes=())  # fmt: skip
+        every = torch.as_tensor(np.concatenate([p.targets for p in group]), dtype=model.dtype, device=device)
+        bodies = fit_to_vertices(model, every, ids, options=quick).vertices.detach().cpu().numpy()
+        for k, placed in enumerate(group):
+            surface = placed.points[placed.sample]
+            placed.best = int(np.argmin([_chamfer(b, surface) for b in bodies[k * facings : (k + 1) * facings]]))
+    targets = torch.cat([placed.best_targets() for placed in group])
+    fit = fit_to_vertices(model, targets, ids, options=group[0].options)
+    return [fit.item(b) for b in range(len(group))]
 
 
 def _mirror_x(scan: Scan) -> Scan:

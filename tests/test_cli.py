@@ -128,7 +128,9 @@ def write_sample_copy(path: Path, units_per_metre: float, up: str) -> None:
     trimesh.Trimesh(points, mesh.faces, process=False).export(path)
 
 
-def test_batch_skips_bad_files_and_resumes(tmp_path):
+@pytest.mark.parametrize("parallel", [["--workers", "2"], ["--batch-size", "4"]], ids=["worker-pool", "batched"])
+def test_batch_skips_bad_files_and_resumes(tmp_path, parallel):
+    """Worker processes (the CPU's way) or one batch of scans (the GPU's way, here on the CPU) fit the same."""
     inputs, out = tmp_path / "scans", tmp_path / "out"
     inputs.mkdir()
     write_sample_copy(inputs / "metres_y_up.ply", 1.0, "y")
@@ -136,7 +138,7 @@ def test_batch_skips_bad_files_and_resumes(tmp_path):
     (inputs / "empty.obj").write_text("")
     (inputs / "not_a_mesh.ply").write_text("this is not a PLY file\n")
     (inputs / "notes.txt").write_text("not an input")  # folders give only their scans and photos
-    argv = ["batch", str(inputs), "--out", str(out), "--no-refine", "--workers", "2"]
+    argv = ["batch", str(inputs), "--out", str(out), "--no-refine", *parallel]
 
     code, stdout, stderr = run(argv)
     assert code == 1
