@@ -180,31 +180,40 @@ def _progress(step: int, total: int, loss: float, started: float, first_step: in
     return f"step {step}/{total}  loss {loss:.4f}  {rate:.2f} step/s  left {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
-def build_network(config: TrainConfig) -> tuple[CompactScanLVD, np.ndarray, np.ndarray]:
-    """A fresh network for config.body, its vertex subset and its canonical template."""
+def build_network(config: TrainConfig) -> tuple[CompactScanLVD, np.ndarray]:
+    """A fresh network for config.body and its vertex subset; its template is the subset in the canonical frame."""
     body = load_body_model(config.body, config.body_path)
     vertex_ids = farthest_point_subset(rest_template(body), config.subset)
     template = canonical_template(body, vertex_ids)
-    network = CompactScanLVD(config.subset, template=template.tolist(), **config.network)
-    return network, vertex_ids, template
+    return CompactScanLVD(config.subset, template=template.tolist(), **config.network), vertex_ids
 
 
 def train(config: TrainConfig, log=print) -> Path:
-    """Train (or resume) and return the checkpoint path. Writes <out>/checkpoint.pt, train_state.pt, log.jsonl."""
+    """Train (or resume) a scan network and return the checkpoint path (see `run_training`)."""
+    return run_training(config, build_network, TrainingExamples, validate, "scan", log)
+
+
+def run_training(config: TrainConfig, build, examples_class, validator, input_kind: str, log=print) -> Path:
+    """The training loop of every compact network. Writes <out>/checkpoint.pt, train_state.pt, log.jsonl.
+
+    build(config) -> (fresh network, vertex ids); examples_class(config, vertex_ids, template, start): the
+    endless examples (input batch, query points, vertex ids, clamped targets) from sample index start on;
+    validator(network, config, vertex_ids, template) -> metrics. A run resumes from <out> when a checkpoint is
+    there, with the checkpoint's recipe (RECIPE_FIELDS)."""
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint, state_path = out / "checkpoint.pt", out / "train_state.pt"
+    checkpoint, state_path, history = out / "checkpoint.pt", out / "train_state.pt", out / "log.jsonl"
     if checkpoint.exists():
         network = load_checkpoint(checkpoint, device="cpu")
         meta = network.checkpoint_metadata
         config = resumed_config(config, meta.get("train_config", {}))
-        vertex_ids, template = np.asarray(meta["vertex_ids"]), network.template.numpy()
+        vertex_ids = np.asarray(meta["vertex_ids"])
     else:
         torch.manual_seed(config.seed)
-        network, vertex_ids, template = build_network(config)
-        meta = {}
+        (network, vertex_ids), meta = build(config), {}
+    template = network.template.cpu().numpy()
     network.to(device).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     step, wall = 0, 0.0
@@ -213,57 +222,62 @@ def train(config: TrainConfig, log=print) -> Path:
         optimiser.load_state_dict(state["optimizer"])
         step, wall = int(state["step"]), float(state.get("wall_seconds", 0.0))
         log(f"resuming at step {step}")
-    examples = TrainingExamples(config, vertex_ids, template, start=step * config.batch)
+    examples = examples_class(config, vertex_ids, template, start=step * config.batch)
     loader = torch.utils.data.DataLoader(
         examples, batch_size=config.batch, num_workers=config.workers, persistent_workers=config.workers > 0
     )
-    history = out / "log.jsonl"
-    started, first_step, loss_sum, loss_count = time.time(), step, 0.0, 0
+    kind = body_kind(load_body_model(config.body, config.body_path))
+    started, first_step, losses = time.time(), step, []
 
     def save(metrics: dict | None = None) -> None:
-        metadata = dict(meta)
-        metadata.update(
-            body=config.body, kind=body_kind(load_body_model(config.body, config.body_path)), input="scan",
-            vertex_ids=[int(i) for i in vertex_ids], steps=step, clamp=config.clamp,
-            yaw_range_deg=config.yaw_range_deg, wall_seconds=round(wall + time.time() - started, 1),
+        meta.update(
+            body=config.body, kind=kind, input=input_kind, vertex_ids=[int(i) for i in vertex_ids], steps=step,
+            clamp=config.clamp, yaw_range_deg=config.yaw_range_deg, wall_seconds=round(wall + time.time() - started, 1),
             train_config=asdict(config),
         )  # fmt: skip
         if metrics:
-            metadata["validation"] = metrics
-        meta.update(metadata)
+            meta["validation"] = metrics
         save_checkpoint(checkpoint, network, metadata=meta)
         torch.save({"optimizer": optimiser.state_dict(), "step": step, "wall_seconds": meta["wall_seconds"]}, state_path)
 
-    for grids, queries, vertex, targets in loader:
-        if step >= config.steps or (config.minutes and time.time() - started > 60 * config.minutes):
+    def record(entry: dict) -> None:
+        with history.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def validate_and_save() -> None:
+        metrics = validator(network, config, vertex_ids, template)
+        log(f"validation at step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+        record({"step": step, "validation": metrics})
+        save(metrics)
+
+    for inputs, queries, vertex, targets in loader:
+        seconds = time.time() - started
+        if step >= config.steps or (config.minutes and seconds > 60 * config.minutes):
             break
         for group in optimiser.param_groups:
-            group["lr"] = config.lr * learning_rate_factor(step, config, time.time() - started)
-        features = network.encode(grids.to(device))
+            group["lr"] = config.lr * learning_rate_factor(step, config, seconds)
+        features = network.encode(inputs.to(device))
         predicted = network.predict_own_offsets(features, queries.to(device), vertex.to(device))
         loss = (predicted - targets.to(device)).abs().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         step += 1
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        losses.append(loss.item())
         if step % 20 == 0:
-            log(_progress(step, config.steps, loss_sum / loss_count, started, first_step))
-            with history.open("a") as f:
-                f.write(json.dumps({"step": step, "loss": loss_sum / loss_count, "seconds": round(wall + time.time() - started, 1)}) + "\n")
-            loss_sum, loss_count = 0.0, 0
+            log(_progress(step, config.steps, float(np.mean(losses)), started, first_step))
+            record({"step": step, "loss": float(np.mean(losses)), "seconds": round(wall + time.time() - started, 1)})
+            losses = []
         if step % config.checkpoint_every == 0:
             save()
         if config.validate_every and step % config.validate_every == 0:
-            metrics = validate(network, config, vertex_ids, template)
-            log(f"validation at step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
-            with history.open("a") as f:
-                f.write(json.dumps({"step": step, "validation": metrics}) + "\n")
-            save(metrics)
-    save(validate(network, config, vertex_ids, template) if config.validate_every else None)
+            validate_and_save()
+    if config.validate_every:
+        validate_and_save()
+    else:
+        save()
     log(f"saved {checkpoint} at step {step}")
     return checkpoint
-
 
 
 def write_manifest(checkpoint: Path, quality: dict | None = None, notes: str = "") -> Path:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -27,14 +26,13 @@ import torch
 
 from .body import load_body_model
 from .canonical import farthest_point_subset, rest_template
-from .checkpoints import load_checkpoint, save_checkpoint
-from .devices import pick_device
+from .checkpoints import load_checkpoint
 from .inputs.image import crop_person, network_image
 from .nets.compact_image import CompactImageLVD, PhotoFrame, photo_template
 from .photo import DESCENT_ITERATIONS, fit_crop, predict_crop, silhouette_iou
 from .synth.dataset import VALIDATION_SEED, BodySampling, sample_params
 from .synth.renders import SyntheticPhoto, render_photo
-from .train import TrainConfig, _progress, learning_rate_factor, sample_pairs, write_manifest
+from .train import TrainConfig, run_training, sample_pairs, write_manifest
 
 
 @dataclass
@@ -168,75 +166,9 @@ def build_network(config: ImageTrainConfig) -> tuple[CompactImageLVD, np.ndarray
 
 
 def train(config: ImageTrainConfig, log=print) -> Path:
-    """Train (or resume) and return the checkpoint path. Writes <out>/checkpoint.pt, train_state.pt, log.jsonl."""
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = pick_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint, state_path, history = out / "checkpoint.pt", out / "train_state.pt", out / "log.jsonl"
-    if checkpoint.exists():
-        network = load_checkpoint(checkpoint, device="cpu")
-        meta = network.checkpoint_metadata
-        vertex_ids = np.asarray(meta["vertex_ids"])
-    else:
-        (network, vertex_ids), meta = build_network(config), {}
-    network.to(device).train()
-    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
-    step, wall = 0, 0.0
-    if state_path.exists() and checkpoint.exists():
-        state = torch.load(state_path, weights_only=True, map_location=device)
-        optimiser.load_state_dict(state["optimizer"])
-        step, wall = int(state["step"]), float(state["wall_seconds"])
-        log(f"resuming at step {step}")
-    template = network.template.cpu().numpy()
-    examples = TrainingPhotos(config, vertex_ids, template, start=step * config.batch)
-    loader = torch.utils.data.DataLoader(examples, batch_size=config.batch, num_workers=config.workers, persistent_workers=config.workers > 0)
-    started, first_step, losses = time.time(), step, []
-
-    def save(metrics: dict | None = None) -> None:
-        meta.update(
-            body=config.body, kind="body", input="photo", vertex_ids=[int(i) for i in vertex_ids], steps=step,
-            clamp=config.clamp, yaw_range_deg=config.yaw_range_deg, wall_seconds=round(wall + time.time() - started, 1),
-            train_config=asdict(config),
-        )  # fmt: skip
-        if metrics:
-            meta["validation"] = metrics
-        save_checkpoint(checkpoint, network, metadata=meta)
-        torch.save({"optimizer": optimiser.state_dict(), "step": step, "wall_seconds": meta["wall_seconds"]}, state_path)
-
-    def record(entry: dict) -> None:
-        with history.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-    for crops, queries, vertex, targets in loader:
-        seconds = time.time() - started
-        if step >= config.steps or (config.minutes and seconds > 60 * config.minutes):
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = config.lr * learning_rate_factor(step, config, seconds)
-        features = network.encode(crops.to(device))
-        predicted = network.predict_own_offsets(features, queries.to(device), vertex.to(device))
-        loss = (predicted - targets.to(device)).abs().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        step += 1
-        losses.append(loss.item())
-        if step % 20 == 0:
-            log(_progress(step, config.steps, float(np.mean(losses)), started, first_step))
-            record({"step": step, "loss": float(np.mean(losses)), "seconds": round(wall + time.time() - started, 1)})
-            losses = []
-        if step % config.checkpoint_every == 0:
-            save()
-        if config.validate_every and step % config.validate_every == 0:
-            metrics = validate(network, config, vertex_ids)
-            log(f"validation at step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
-            record({"step": step, "validation": metrics})
-            save(metrics)
-    save()
-    log(f"saved {checkpoint} at step {step}")
-    return checkpoint
+    """Train (or resume) the photo network and return the checkpoint path (`lvd_core.train.run_training`)."""
+    check = lambda network, config, vertex_ids, template: validate(network, config, vertex_ids)  # noqa: E731
+    return run_training(config, build_network, TrainingPhotos, check, "photo", log)
 
 
 # ---------------------------------------------------------------------------------------------------------
