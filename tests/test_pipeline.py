@@ -159,3 +159,14 @@ def test_real_hand_scans_end_to_end(shared_data, index):
     scan_size = np.ptp(load_scan(path, kind="hand").points, axis=0).max()  # ~1.5 units
     assert 0.4 * scan_size < np.ptp(result.vertices_input, axis=0).max() < 1.2 * scan_size
     assert median < 0.25 * scan_size
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_batch_on_cuda_fits_as_on_the_cpu(clean_scan):
+    """The batched GPU path (what `lvd batch` uses on CUDA) lands where the CPU fit does."""
+    scans = [(clean_scan.points, None), (clean_scan.points + np.array([1.0, 0.0, 0.0]), None)]
+    on_gpu = fit_scans(scans, device="cuda", refine=False)
+    on_cpu = fit_scan(clean_scan.points, None, device="cpu", refine=False)
+    shifted = on_gpu[1].vertices_input - np.array([1.0, 0.0, 0.0])
+    for vertices in (on_gpu[0].vertices_input, shifted):
+        assert np.linalg.norm(vertices - on_cpu.vertices_input, axis=1).mean() < 0.005  # metres
