@@ -63,6 +63,7 @@ def params_summary(result: FitResult, body: BodyModel) -> dict:
         "input_from_model": result.input_from_model.tolist(),
         "residual_mm": result.residual_mm,
         "facing_deg": result.facing_deg,
+        "batch_size": result.batch_size,  # scans fitted together; the timings are then the whole batch's
         "timings": result.timings,
     }
 

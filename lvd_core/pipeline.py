@@ -65,6 +65,7 @@ class FitResult:
     units: str
     timings: dict = field(default_factory=dict)
     facing_deg: float = 0.0
+    batch_size: int = 1  # scans fitted together (fit_scans); the timings are then the whole batch's
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
@@ -295,7 +296,7 @@ def fit_scans(
         lap("refine")
     report_progress(progress, 1.0, "done", cancel)
     for i in order:
-        results[i] = placed[i].result(model, fits[i], dict(lap.timings, batch=len(order)))
+        results[i] = placed[i].result(model, fits[i], dict(lap.timings), len(order))
     return results
 
 
@@ -319,7 +320,7 @@ class _ScanInModel:
     def surface_sample(self) -> torch.Tensor:
         return torch.as_tensor(self.points[self.sample], dtype=self.dtype, device=self.device)
 
-    def result(self, model: BodyModel, fit, timings: dict) -> FitResult:
+    def result(self, model: BodyModel, fit, timings: dict, batch_size: int) -> FitResult:
         input_from_model = np.linalg.inv(self.to_model)
         vertices_model = fit.vertices[0].detach().cpu().double().numpy()
         return FitResult(
@@ -333,6 +334,7 @@ class _ScanInModel:
             units=self.scan.units,
             timings=timings,
             facing_deg=float(self.prediction.angles_deg[self.best]),
+            batch_size=batch_size,
         )
 
 

@@ -103,7 +103,7 @@ def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_sca
     # exactly equal in float64, see test_fit.py); the bound is in centimetres.
     difference = np.linalg.norm(results[2].vertices_input - alone.vertices_input, axis=1)
     assert difference.mean() < 0.3 and difference.max() < 2.0
-    assert results[0].timings["batch"] == 2 and alone.timings["batch"] == 1
+    assert results[0].batch_size == 2 and alone.batch_size == 1
 
 
 def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
