@@ -23,6 +23,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+MASK_SUFFIX = "_mask"  # photo.png may come with its person mask photo_mask.png
 PREVIEW_SCAN_POINTS = 20_000
 GPU_BATCH = 8  # scans per batch on a GPU (`lvd batch --batch-size`); not measured on a GPU yet (none was lent)
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser(
         "fit", parents=[common, threads, fitting], help="fit one scan", description="Fit one scan (or photo) and write its outputs."
     )
-    fit.add_argument("input", type=Path, help="scan file (.obj .ply .stl .off .glb .gltf) or photo (.png .jpg .webp)")
+    fit.add_argument("input", type=Path, help="scan file (.obj .ply .stl .off .glb .gltf) or photo (.png .jpg .webp; its "
+                                              "person mask NAME_mask.png beside it is used when there, else found automatically)")  # fmt: skip
     fit.set_defaults(run=run_fit)
 
     batch = commands.add_parser(
@@ -177,10 +179,28 @@ def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
     if source.suffix.lower() in PHOTO_EXTENSIONS:
         from .inputs.image import load_image
 
-        result = pipeline.fit_photo(load_image(source), **options)
+        result = pipeline.fit_photo(load_image(source), given_mask(source), **options)
     else:
         result = pipeline.fit_scan(source, **options)
     return result, write_outputs(source, stem, settings, result)
+
+
+def given_mask(photo: Path) -> Path | None:
+    """The person mask that comes with a photo, <stem>_mask.<any photo extension> beside it (the convention of
+    the sample photos); None: the person is found automatically."""
+    for extension in PHOTO_EXTENSIONS:
+        candidate = photo.with_name(f"{photo.stem}{MASK_SUFFIX}{extension}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def is_mask_of_another_input(path: Path) -> bool:
+    """A photo's person mask (<stem>_mask.png beside <stem>.<photo extension>): not an input of its own."""
+    if path.suffix.lower() not in PHOTO_EXTENSIONS or not path.stem.endswith(MASK_SUFFIX):
+        return False
+    photo_stem = path.stem[: -len(MASK_SUFFIX)]
+    return any(path.with_name(photo_stem + extension).is_file() for extension in PHOTO_EXTENSIONS)
 
 
 def write_outputs(source: Path, stem: str, settings: FitSettings, result) -> dict:
@@ -353,8 +373,9 @@ def set_torch_threads(count: int) -> None:
 
 
 def collect_inputs(patterns: list[str]) -> list[Path]:
-    """Files from folders (their scans and photos, sorted), glob patterns and plain paths, each once.
-    UsageError for a path that does not exist or a folder / pattern with nothing to fit."""
+    """Files from folders (their scans and photos, sorted), glob patterns and plain paths, each once; the
+    person masks of photos (photo_mask.png beside photo.png) are not inputs. UsageError for a path that does
+    not exist or a folder / pattern with nothing to fit."""
     from .inputs.scan import SUPPORTED_EXTENSIONS
 
     found: list[Path] = []
@@ -368,6 +389,8 @@ def collect_inputs(patterns: list[str]) -> list[Path]:
             matches = [path]
         else:
             raise UsageError(f"no such file or folder: {pattern}")
+        if not path.is_file():  # folders and patterns: a photo's mask is not an input of its own
+            matches = [m for m in matches if not is_mask_of_another_input(m)]
         if not matches:
             raise UsageError(f"no scans or photos in {pattern}")
         found += matches

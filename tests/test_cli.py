@@ -172,6 +172,21 @@ def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path)
     assert Image.open(tmp_path / "img1_preview.png").size == (800, 450)  # the photo layout, not the scan's 800 x 600
 
 
+def test_batch_of_photos_uses_the_masks_beside_them(shared_data, tmp_path):
+    """A folder of photos with their <stem>_mask.png (the sample photos' layout): the masks are used, not fitted."""
+    from lvd_core.cli import collect_inputs, given_mask
+
+    images = shared_data / "images"
+    inputs = collect_inputs([str(images)])
+    assert inputs and all(not path.stem.endswith("_mask") for path in inputs)
+    assert given_mask(images / "img2.png") == images / "img2_mask.png"
+    assert given_mask(tmp_path / "photo.png") is None
+    code, stdout, stderr = run(["batch", str(images / "img[12].png"), "--out", str(tmp_path), "--no-export", "--no-preview",
+                                "--workers", "1"])  # fmt: skip
+    assert code == 0, stderr
+    assert "fitted 2, skipped 0 (already done), failed 0" in stdout and "IoU" in stdout
+
+
 def test_fit_missing_file_is_a_usage_error(tmp_path):
     code, _, stderr = run(["fit", str(tmp_path / "missing.ply")])
     assert code == 2 and stderr == f"error: no such file: {tmp_path / 'missing.ply'}\n"
