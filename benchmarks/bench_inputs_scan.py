@@ -1,15 +1,19 @@
 """Per-stage times of the scan input pipeline; writes benchmarks/results_inputs_scan.md.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_inputs_scan.py
-Scans: the sample body scan (skipped when ../shared/data is absent) and synthetic bodies of about 100 k and
-1 M faces (five capsules, centimetres, Y-up, written as PLY). Times are CPU times (process_time: stable
-when other jobs share the machine; equal to wall time on an idle machine with 1 thread), best of `REPEATS`.
+Scans: the sample body scan (skipped when ../shared/data is absent) and synthetic bodies of about 100 k,
+1 M and 5 M faces (five capsules, centimetres, Y-up, written as PLY). Times are CPU times (process_time: stable
+when other jobs share the machine; equal to wall time on an idle machine with 1 thread), best of `REPEATS`,
+except the row "paper grid, every core (wall)": the 128^3 grid as `lvd fit` builds it for the authors'
+networks (KD-tree queries on every core), in wall time. The last row is the process's peak memory after
+that scan (scans run from small to large, so it is the peak of the largest so far).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -39,6 +43,16 @@ def best_time(function, repeats: int = REPEATS):
         result = function()
         times.append(time.process_time() - start)
     return min(times), result
+
+
+def wall_time(function, repeats: int = REPEATS) -> float:
+    """Best wall-clock seconds (for code that runs on several threads)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def synthetic_body(faces: int) -> trimesh.Trimesh:
@@ -73,11 +87,13 @@ def pipeline_stages(path: Path):
     paper_points = frame.to_canonical(scan.points.astype(np.float64))
     paper_vertices = frame.to_canonical(scan.vertices)
     times["paper grid (200k samples)"], _ = best_time(lambda: PAPER_BODY.grid(paper_points))
+    times["paper grid, every core (wall)"] = wall_time(lambda: PAPER_BODY.grid(paper_points, workers=-1))
     times["paper grid (50k samples)"], _ = best_time(lambda: PAPER_BODY.grid(paper_points[:50_000]))
     times["paper grid (vertices)"], _ = best_time(lambda: PAPER_BODY.grid(paper_vertices))
     compact = normalize(scan, up_out="z", height=1.0)
     times["compact grid (200k samples)"], _ = best_time(lambda: COMPACT_BODY.grid(compact.to_canonical(scan.points)))
-    info = {"faces": len(scan.faces), "vertices": len(scan.vertices), "units": scan.units, "up": scan.up}
+    info = {"faces": len(scan.faces), "vertices": len(scan.vertices), "units": scan.units, "up": scan.up,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
     return times, info, paper_vertices, compact.to_canonical(scan.points)
 
 
@@ -115,7 +131,7 @@ def main() -> None:
         scans = {}
         if SAMPLE_SCAN.is_file():
             scans["sample body (30k faces, OBJ)"] = SAMPLE_SCAN
-        for faces in (100_000, 1_000_000):
+        for faces in (100_000, 1_000_000, 5_000_000):
             path = Path(folder) / f"synthetic_{faces}.ply"
             synthetic_body(faces).export(path)
             scans[f"synthetic {faces // 1000}k faces (PLY)"] = path
@@ -132,6 +148,7 @@ def main() -> None:
     lines += [f"| detected units, up | " + " | ".join(f"{i['units']}, {i['up']}" for _, i in results.values()) + " |"]
     for stage in stages:
         lines.append(f"| {stage} | " + " | ".join(f"{t[stage] * 1000:.0f}" for t, _ in results.values()) + " |")
+    lines += ["| peak memory of the process, MB | " + " | ".join(f"{i['peak_mb']:.0f}" for _, i in results.values()) + " |"]
 
     exact_time, mean_error, max_error = paper_band_accuracy(sample_vertices)
     lines += [

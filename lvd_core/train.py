@@ -233,7 +233,7 @@ def run_training(config: TrainConfig, build, examples_class, validator, input_ki
         meta.update(
             body=config.body, kind=kind, input=input_kind, vertex_ids=[int(i) for i in vertex_ids], steps=step,
             clamp=config.clamp, yaw_range_deg=config.yaw_range_deg, wall_seconds=round(wall + time.time() - started, 1),
-            train_config=asdict(config),
+            train_config=asdict(config), device=device.type,
         )  # fmt: skip
         if metrics:
             meta["validation"] = metrics
@@ -304,11 +304,13 @@ def write_manifest(checkpoint: Path, quality: dict | None = None, notes: str = "
             "facing_yaw_range_deg": meta.get("yaw_range_deg"), "seed": config.get("seed"),
             "grid": "lvd_core.inputs.grids.COMPACT_BODY (32^3, 4 clamped distance channels)",
             "pairs_per_scan": config.get("pairs"), "clamp": meta.get("clamp"),
+            "travel_share": config.get("travel_share", 0.0),
         },
         "training": {
             "steps": meta.get("steps"), "batch": config.get("batch"), "lr": config.get("lr"),
             "wall_seconds": meta.get("wall_seconds"), "optimizer": "Adam, lr constant then linear decay to 0",
-            "hardware": f"{platform.processor() or platform.machine()}, 1 trainer thread + 1 data worker (shared 2-core CI-class machine), no GPU",
+            "hardware": f"{platform.processor() or platform.machine()}, {config.get('threads', 1)} trainer thread(s) + "
+                        f"{config.get('workers', 1)} data worker(s) per run, on {meta.get('device', 'cpu')} (last segment)",
         },
         "validation_during_training": meta.get("validation"),
         "quality": quality,
