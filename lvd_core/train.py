@@ -153,7 +153,8 @@ def make_example(scan, body, vertex_ids: np.ndarray, template: np.ndarray, confi
 def validate(network: CompactScanLVD, config: TrainConfig, vertex_ids: np.ndarray, template: np.ndarray, iterations: int = 10) -> dict:
     """Held-out synthetic scans (fixed seed): subset vertex error after the descent, in millimetres."""
     body = load_body_model(config.body, config.body_path)
-    scans = held_out_set(config.body, config.validation_size, sampling=BodySampling(yaw_range_deg=config.yaw_range_deg))
+    scans = held_out_set(config.body, config.validation_size, sampling=BodySampling(yaw_range_deg=config.yaw_range_deg),
+                         body_path=config.body_path)  # fmt: skip
     device = next(network.parameters()).device
     errors = []
     network.eval()

@@ -113,9 +113,11 @@ def held_out_set(
     seed: int = VALIDATION_SEED,
     realism: ScanRealism = ScanRealism(),
     sampling: BodySampling = BodySampling(),
+    body_path: str | Path | None = None,
 ) -> SyntheticScans:
-    """The fixed validation scans: samples 0..n-1 of a seed that training never uses."""
-    return SyntheticScans(body_name, seed, realism, sampling, length=n)
+    """The fixed validation scans: samples 0..n-1 of a seed that training never uses. body_path: the user's
+    model file for SMPL / MANO."""
+    return SyntheticScans(body_name, seed, realism, sampling, body_path=body_path, length=n)
 
 
 def save_validation_set(dataset: SyntheticScans, path: str | Path) -> Path:
