@@ -4,8 +4,9 @@ Run: .venv/bin/python benchmarks/bench_cli.py
 `lvd fit` (defaults: refinement, preview, rigged .glb/.fbx) on the bundled sample scan (27k faces) and on
 a 1 M-face version of it (subdivided), per stage as the command reports them plus the command's wall time
 (imports included); `lvd batch` throughput on 6 synthetic scans (Anny bodies in several units and up axes,
-meshes and point clouds) with 2 worker processes and with 1. Every command runs as a fresh process, the
-way a user runs it; wall times, so the machine's load (recorded) matters.
+meshes and point clouds) with 2 worker processes, with 1, and as one batch (`--batch-size 6`: the descent and
+the fit batched, the GPU's way); on a machine with CUDA also on the GPU, one at a time and batched. Every
+command runs as a fresh process, the way a user runs it; wall times, so the machine's load (recorded) matters.
 """
 
 from __future__ import annotations
@@ -106,15 +107,21 @@ def main() -> None:
 
         batch_scans(scratch / "batch")
         lines += ["## `lvd batch` throughput, 6 synthetic scans (defaults: refinement, preview, rigged export)", "",
-                  "| workers | wall seconds | inputs / min | load before |", "|---|---|---|---|"]  # fmt: skip
+                  "| how | wall seconds | inputs / min | load before |", "|---|---|---|---|"]  # fmt: skip
+        import torch
+
+        ways = {"2 worker processes": ["--workers", "2"], "1 process": ["--workers", "1"],
+                "1 process, one batch of 6": ["--workers", "1", "--batch-size", "6"]}  # fmt: skip
+        if torch.cuda.is_available():
+            ways.update({"CUDA, one at a time": ["--device", "cuda", "--batch-size", "1"], "CUDA, one batch of 6": ["--device", "cuda", "--batch-size", "6"]})
         rates = {}
-        for workers in (2, 1):
+        for k, (how, options) in enumerate(ways.items()):
             load = load_line()
-            seconds, _ = timed(["batch", str(scratch / "batch"), "--out", str(scratch / f"batch{workers}"), "--workers", str(workers)])
-            rates[workers] = len(BATCH_FRAMES) / seconds * 60
-            lines.append(f"| {workers} | {seconds:.1f} | {rates[workers]:.1f} | {load.split(': ')[1]} |")
-            print(workers, seconds, flush=True)
-    faster = 2 if rates[2] > rates[1] else 1
+            seconds, _ = timed(["batch", str(scratch / "batch"), "--out", str(scratch / f"batch{k}"), *options])
+            rates[how] = len(BATCH_FRAMES) / seconds * 60
+            lines.append(f"| {how} | {seconds:.1f} | {rates[how]:.1f} | {load.split(': ')[1]} |")
+            print(how, seconds, flush=True)
+    faster = 2 if rates["2 worker processes"] > rates["1 process"] else 1
     lines += [
         "",
         "Notes",
