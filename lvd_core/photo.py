@@ -31,7 +31,9 @@ from .fit import FitOptions, fit_to_vertices, refine_with_pairs
 from .inputs.image import PersonCrop, crop_person, load_image, load_mask, network_image
 from .inputs.person_mask import NoPersonError, find_person
 from .nets.compact_image import PERSON_UNITS, CompactImageLVD, photo_axes
-from .pipeline import WEIGHTS_DIR, FitResult, InputError, StageTimer, apply_transform, held_extremities, load_network, report_progress
+from .pipeline import (
+    FitResult, InputError, StageTimer, apply_transform, held_extremities, load_network, report_progress, resolve_weights,
+)
 from .synth.renders import rasterize
 
 __all__ = ["fit_photo", "silhouette_iou", "PhotoFitResult", "NoPersonError", "person_mask"]
@@ -69,19 +71,6 @@ def person_mask(rgb: np.ndarray, mask=None) -> np.ndarray:
     """(H, W) float32 person mask of rgb (H, W, 3) uint8: `mask` (array or file) when given, else the
     person mediapipe finds (NoPersonError when there is none)."""
     return find_person(rgb).mask if mask is None else load_mask(mask, like=rgb)
-
-
-def resolve_photo_weights(body: str, weights: str | Path | None, checkpoint_folder: str | Path | None = None) -> Path:
-    """The image checkpoint to use: the given one, else the default for `body` in the user's folder or ours."""
-    if weights:
-        return Path(weights).expanduser()
-    default = DEFAULT_PHOTO_WEIGHTS.get(body)
-    if default is None:
-        raise InputError(f"no trained photo network ships for the {body} body model: fit photos with body 'anny'")
-    for folder in ([Path(checkpoint_folder).expanduser()] if checkpoint_folder else []) + [WEIGHTS_DIR]:
-        if (folder / default).is_file():
-            return folder / default
-    raise InputError(f"the photo network for {body} is missing ({WEIGHTS_DIR / default}): reinstall LVD or pass --weights")
 
 
 def photo_from_model(body: BodyModel) -> np.ndarray:
@@ -181,7 +170,9 @@ def fit_photo(
     crop = crop_person(rgb, person)
     lap("crop")
     torch_device = pick_device(device)
-    network = load_network(resolve_photo_weights(body, weights, checkpoint_folder), torch_device)
+    chosen = resolve_weights(body, weights, checkpoint_folder, defaults=DEFAULT_PHOTO_WEIGHTS, kind="photo",
+                             no_default="fit photos with body 'anny'")  # fmt: skip
+    network = load_network(chosen, torch_device)
     if not isinstance(network, CompactImageLVD):
         raise InputError(f"{weights} is not a photo network (CompactImageLVD): pass a photo checkpoint with --weights")
     if network.checkpoint_metadata.get("body") != body:

@@ -94,20 +94,21 @@ def report_progress(progress, fraction: float, message: str, cancel: threading.E
         progress(fraction, message)
 
 
-def resolve_weights(body: str, weights: str | Path | None, checkpoint_folder: str | Path | None = None) -> Path:
-    """The checkpoint file to use: the given one, else the default for `body` in the user's folder or ours."""
+def resolve_weights(body: str, weights: str | Path | None, checkpoint_folder: str | Path | None = None, *,
+                    defaults: dict = DEFAULT_SCAN_WEIGHTS, kind: str = "scan", no_default: str | None = None) -> Path:  # fmt: skip
+    """The checkpoint file to use: the given one, else the default for `body` (from `defaults`) in the user's
+    folder or ours. kind names the network in messages; no_default: the fix to suggest when none ships."""
     if weights:
         return Path(weights).expanduser()
-    default = DEFAULT_SCAN_WEIGHTS.get(body)
+    default = defaults.get(body)
     if default is None:
-        raise InputError(
-            f"no trained scan network ships for the {body} body model: train one with `lvd train --body {body} "
-            f"--model-file ...` or pass the authors' released checkpoint with --weights"
-        )
+        fix = no_default or (f"train one with `lvd train --body {body} --model-file ...` or pass the authors' released "
+                             "checkpoint with --weights")  # fmt: skip
+        raise InputError(f"no trained {kind} network ships for the {body} body model: {fix}")
     for folder in ([Path(checkpoint_folder).expanduser()] if checkpoint_folder else []) + [WEIGHTS_DIR]:
         if (folder / default).is_file():
             return folder / default
-    raise InputError(f"the scan network for {body} is missing ({WEIGHTS_DIR / default}): reinstall LVD or pass --weights")
+    raise InputError(f"the {kind} network for {body} is missing ({WEIGHTS_DIR / default}): reinstall LVD or pass --weights")
 
 
 _network_cache: dict[tuple, torch.nn.Module] = {}
