@@ -71,6 +71,20 @@ class VertexConditionedLVD(LVDNetwork):
     def config(self) -> dict:
         return dict(self.settings)
 
+    def _init_global(self, channels, global_width: int) -> None:
+        """The global feature's layer: average and max pooling of the two coarsest levels -> global_width."""
+        self.global_head = nn.Sequential(nn.Linear(2 * (channels[-1] + channels[-2]), global_width), nn.ReLU(inplace=True))
+
+    def _encode_levels(self, x: Tensor) -> dict:
+        """x (B, C, *spatial) through the encoder levels -> {"maps": every level's map, "global": (B, G)}."""
+        maps = []
+        for level in self.levels:
+            x = level(x)
+            maps.append(x)
+        spatial = tuple(range(2, x.dim()))
+        pooled = [torch.cat([m.mean(spatial), m.amax(spatial)], dim=1) for m in maps[-2:]]
+        return {"maps": maps, "global": self.global_head(torch.cat(pooled, dim=1))}
+
     def point_features(self, features: dict, points: Tensor) -> Tensor:
         """(B, N, 3) points -> (B, N, point_width) features at each point."""
         raise NotImplementedError
@@ -118,17 +132,13 @@ class CompactScanLVD(VertexConditionedLVD):
             _conv_block(c_in, c_out, 1 if i == 0 else 2)
             for i, (c_in, c_out) in enumerate(zip((in_channels,) + tuple(channels[:-1]), channels))
         )
-        self.global_head = nn.Sequential(nn.Linear(2 * (channels[-1] + channels[-2]), global_width), nn.ReLU(inplace=True))
+        self._init_global(channels, global_width)
         self._init_head(template, embed_width, sum(channels) + 3 + global_width, hidden, depth)
 
     # -- encoder --------------------------------------------------------------------------------------
     def encode(self, grids: Tensor) -> dict:
-        maps, x = [], grids
-        for level in self.levels:
-            x = level(x)
-            maps.append(x)
-        pooled = [torch.cat([m.mean((2, 3, 4)), m.amax((2, 3, 4))], dim=1) for m in maps[-2:]]
-        return {"maps": maps, "global": self.global_head(torch.cat(pooled, dim=1))}
+        """(B, C, R, R, R) grids -> {"maps": every level's (B, c, R / 2^k, ...) map, "global": (B, G)}."""
+        return self._encode_levels(grids)
 
     def point_features(self, features: dict, points: Tensor) -> Tensor:
         """(B, N, 3) canonical points -> (B, N, F): every level sampled at the point, the point, the global feature."""

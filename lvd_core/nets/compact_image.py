@@ -132,17 +132,12 @@ class CompactImageLVD(VertexConditionedLVD):
             embed_width=embed_width, hidden=hidden, depth=depth,
         )  # fmt: skip
         self.levels = nn.ModuleList(_conv_block(c_in, c_out) for c_in, c_out in zip((in_channels,) + tuple(channels[:-1]), channels))
-        self.global_head = nn.Sequential(nn.Linear(2 * (channels[-1] + channels[-2]), global_width), nn.ReLU(inplace=True))
+        self._init_global(channels, global_width)
         self._init_head(template, embed_width, sum(channels) + 3 + global_width, hidden, depth)
 
     def encode(self, crops: Tensor) -> dict:
         """(B, C, 256, 256) network images -> {"maps": five (B, c, 256 / 2^k, ...) maps, "global": (B, G)}."""
-        maps, x = [], crops
-        for level in self.levels:
-            x = level(x)
-            maps.append(x)
-        pooled = [torch.cat([m.mean((2, 3)), m.amax((2, 3))], dim=1) for m in maps[-2:]]
-        return {"maps": maps, "global": self.global_head(torch.cat(pooled, dim=1))}
+        return self._encode_levels(crops)
 
     def point_features(self, features: dict, points: Tensor) -> Tensor:
         """(B, N, 3) photo-frame points -> (B, N, F): every map sampled at the point's (x, y), the point, the
