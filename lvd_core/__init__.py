@@ -1,3 +1,3 @@
 """LVD core: Learned Vertex Descent body fitting in pure Python + PyTorch (never imports bpy)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
