@@ -21,7 +21,7 @@ from lvd_core.pipeline import WEIGHTS_DIR  # noqa: E402
 
 IMAGES = Path(os.environ.get("LVD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "images"
 RESULTS = Path(__file__).with_name("results_photo.md")
-STAGES = ("mask", "crop", "network", "encode", "descent", "fit")
+STAGES = ("mask", "crop", "network", "encode", "descent", "fit", "silhouette")
 
 
 def fitted_row(path: Path, mask_path: Path | None, weights: Path) -> dict:
@@ -45,7 +45,8 @@ def main():
         f"`benchmarks/bench_photo.py`, one run per photo after a warm-up call, {platform.machine()}, "
         f"{os.cpu_count()} cores, 1 torch thread, Python {platform.python_version()}, checkpoint `{weights}`.",
         "Stages in ms: mask (loading the given mask, or mediapipe), crop, network (cached load), encode, descent "
-        "(5 iterations, 1,024 vertices), fit (body fit to the predicted vertices, with scale).",
+        "(5 iterations, 1,024 vertices), fit (body fit to the predicted vertices, with scale), silhouette (its refinement "
+        "against the person mask).",
         "IoU: the fitted body's silhouette against the crop's mask; residual: mean LVD-to-fit distance (mm of a "
         "neutral-height body).", "",
         "| photo | mask from | " + " | ".join(STAGES) + " | total ms | IoU | residual mm |",
