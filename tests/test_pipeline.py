@@ -114,10 +114,11 @@ def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_sca
     assert isinstance(results[1], ScanError)
     assert [r.units for r in (results[0], results[2])] == ["m", "cm"]
     alone = fit_scan(in_cm, None, refine=False)
-    # The same fit up to float32 rounding, which the unconverged solver paths amplify (measured: 7 mm at most;
-    # exactly equal in float64, see test_fit.py); the bound is in centimetres.
+    # The same fit up to float32 rounding, which the unconverged solver paths amplify to a few millimetres
+    # (measured: 2-3.5 mm mean, 7 mm at most; exactly equal in float64, see test_fit.py), far below a mix-up of
+    # the batch's items (decimetres); the bound is in centimetres.
     difference = np.linalg.norm(results[2].vertices_input - alone.vertices_input, axis=1)
-    assert difference.mean() < 0.3 and difference.max() < 2.0
+    assert difference.mean() < 1.0 and difference.max() < 3.0
     assert results[0].batch_size == 2 and alone.batch_size == 1
 
 
@@ -149,20 +150,20 @@ def _scan_to_body_mm(result, path, kind):
 
 
 def test_real_body_scan_end_to_end(shared_data):
-    """The clothed RenderPeople sample (cm, Y up): the body is found under the clothes. Bound: the issue's aim
-    is a median scan-to-body distance <= 20 mm; the shipped network measures ~20 mm (see the README)."""
+    """The clothed RenderPeople sample (cm, Y up): the body is found under the clothes. Bound: the issue's aim,
+    a median scan-to-body distance <= 20 mm; the shipped network measures 15.4 mm (p90 32 mm; see the README)."""
     path = shared_data / "scans" / "rp_dennis_posed_004_30k.obj"
     result = fit_scan(path)
     assert result.units == "cm"
     median_cm, p90_cm = _scan_to_body_mm(result, path, "body")
-    assert median_cm * 10 < 30 and p90_cm * 10 < 80
+    assert median_cm * 10 < 20 and p90_cm * 10 < 50
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_real_hand_scans_end_to_end(shared_data, index):
     """Unitless hand reconstructions (one holds an object): fitted with the Anny hand at the scan's own size.
-    Bound: the shipped hand network is young (see weights/anny-hand-scan/manifest.json); measured medians are
-    12-17% of the hand's size, so this checks a roughly placed, right-sized hand, not an accurate one."""
+    Bound: measured medians are 3.0-4.4% of the scan's size (4.2-7.5 mm of a model-sized hand, see
+    weights/anny-hand-scan/manifest.json); 8% still fails a misplaced or wrongly turned hand."""
     if not (WEIGHTS_DIR / "anny-hand-scan" / "checkpoint.pt").exists():
         pytest.skip("no hand network shipped")
     path = shared_data / "hands" / f"sample_{index}.obj"
@@ -173,7 +174,7 @@ def test_real_hand_scans_end_to_end(shared_data, index):
 
     scan_size = np.ptp(load_scan(path, kind="hand").points, axis=0).max()  # ~1.5 units
     assert 0.4 * scan_size < np.ptp(result.vertices_input, axis=0).max() < 1.2 * scan_size
-    assert median < 0.25 * scan_size
+    assert median < 0.08 * scan_size
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
