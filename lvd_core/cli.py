@@ -171,12 +171,16 @@ class Outcome:
     paths: dict = field(default_factory=dict)
 
 
+def is_photo(path: Path) -> bool:
+    return path.suffix.lower() in PHOTO_EXTENSIONS
+
+
 def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
     """Fit one scan or photo and write its outputs: (FitResult, {kind: path}). Core errors propagate."""
     from . import pipeline
 
     options = settings.fit_options
-    if source.suffix.lower() in PHOTO_EXTENSIONS:
+    if is_photo(source):
         from .inputs.image import load_image
 
         result = pipeline.fit_photo(load_image(source), given_mask(source), **options)
@@ -197,7 +201,7 @@ def given_mask(photo: Path) -> Path | None:
 
 def is_mask_of_another_input(path: Path) -> bool:
     """A photo's person mask (<stem>_mask.png beside <stem>.<photo extension>): not an input of its own."""
-    if path.suffix.lower() not in PHOTO_EXTENSIONS or not path.stem.endswith(MASK_SUFFIX):
+    if not is_photo(path) or not path.stem.endswith(MASK_SUFFIX):
         return False
     photo_stem = path.stem[: -len(MASK_SUFFIX)]
     return any(path.with_name(photo_stem + extension).is_file() for extension in PHOTO_EXTENSIONS)
@@ -210,7 +214,7 @@ def write_outputs(source: Path, stem: str, settings: FitSettings, result) -> dic
 
     body = load_body_model(result.body_name, settings.fit_options.get("model_path"))
     scan_points = None
-    if settings.preview and source.suffix.lower() not in PHOTO_EXTENSIONS:
+    if settings.preview and not is_photo(source):
         started = time.perf_counter()
         scan_points = preview_points(source, result, body)
         result.timings["preview_scan"] = round(time.perf_counter() - started, 3)
@@ -250,8 +254,8 @@ def fit_together(todo: list[tuple[int, Path, str]], settings: FitSettings, debug
     time. Each scan's seconds are its share of the batch."""
     from . import pipeline
 
-    photos = [item for item in todo if item[1].suffix.lower() in PHOTO_EXTENSIONS]
-    scans = [item for item in todo if item not in photos]
+    photos = [item for item in todo if is_photo(item[1])]
+    scans = [item for item in todo if not is_photo(item[1])]
     outcomes = [(index, fit_quietly(source, stem, settings, debug)) for index, source, stem in photos]
     started = time.perf_counter()
     try:

@@ -288,7 +288,7 @@ def fit_scans(
     for fit_scale in (False, True):  # the fit's options hold fit_scale: one batch for each kind of scan
         group = [i for i in order if placed[i].fit_scale == fit_scale]
         if group:
-            fits.update(zip(group, _fit_group(model, [placed[i] for i in group], ids, fit_scale, torch_device)))
+            fits.update(zip(group, _fit_group(model, [placed[i] for i in group], ids)))
     lap("fit")
     if refine:
         report_progress(progress, 0.75, "refining against the scan surface", cancel)
@@ -339,15 +339,15 @@ class _ScanInModel:
         )
 
 
-def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor, fit_scale: bool, device) -> list:
+def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -> list:
     """The body fit of scans that share fit_scale, batched: a quick fit of every facing of every scan when
     there are several (the network always draws a body, so each is judged on its scan), then the full fit of
     each scan's best facing. Returns each scan's (batch-1) lvd_core.fit.FitResult."""
     facings = len(group[0].targets)
     if facings > 1:
-        quick = FitOptions(fit_scale=fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
+        quick = FitOptions(fit_scale=group[0].fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
                            robust_iterations=0, age_probes=())  # fmt: skip
-        every = torch.as_tensor(np.concatenate([p.targets for p in group]), dtype=model.dtype, device=device)
+        every = torch.as_tensor(np.concatenate([p.targets for p in group]), dtype=model.dtype, device=model.device)
         bodies = fit_to_vertices(model, every, ids, options=quick).vertices.detach().cpu().numpy()
         for k, placed in enumerate(group):
             surface = placed.points[placed.sample]
