@@ -175,9 +175,13 @@ def validate(network: CompactScanLVD, config: TrainConfig, vertex_ids: np.ndarra
 # the loop
 
 
-def _progress(step: int, total: int, loss: float, started: float, first_step: int) -> str:
-    rate = (step - first_step) / max(time.time() - started, 1e-9)
+def _progress(step: int, total: int, loss: float, steps_done: int, elapsed: float, minutes: float | None = None) -> str:
+    """One progress line: this session ran `steps_done` steps in `elapsed` seconds; the time left is the
+    sooner of the steps left at that rate and the `minutes` deadline."""
+    rate = steps_done / max(elapsed, 1e-9)
     left = (total - step) / max(rate, 1e-9)
+    if minutes:
+        left = max(0.0, min(left, 60 * minutes - elapsed))
     return f"step {step}/{total}  loss {loss:.4f}  {rate:.2f} step/s  left {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
 
@@ -266,7 +270,7 @@ def run_training(config: TrainConfig, build, examples_class, validator, input_ki
         step += 1
         losses.append(loss.item())
         if step % 20 == 0:
-            log(_progress(step, config.steps, float(np.mean(losses)), started, first_step))
+            log(_progress(step, config.steps, float(np.mean(losses)), step - first_step, time.time() - started, config.minutes))
             record({"step": step, "loss": float(np.mean(losses)), "seconds": round(wall + time.time() - started, 1)})
             losses = []
         if step % config.checkpoint_every == 0:

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from lvd_core.checkpoints import load_checkpoint
-from lvd_core.train import TRAVEL_FLOOR, TrainConfig, learning_rate_factor, sample_pairs, train
+from lvd_core.train import TRAVEL_FLOOR, TrainConfig, _progress, learning_rate_factor, sample_pairs, train
 
 TINY_NETWORK = dict(channels=[4, 4, 8, 8], global_width=8, embed_width=8, hidden=16)
 
@@ -40,6 +40,12 @@ def test_learning_rate_holds_then_decays_to_zero_by_steps_or_by_time():
     assert learning_rate_factor(5, timed, 60.0) == 1.0  # 10% of the time
     assert abs(learning_rate_factor(5, timed, 450.0) - 0.5) < 1e-9  # 75% of the time
     assert learning_rate_factor(5, timed, 600.0) == 0.0
+
+
+def test_progress_counts_down_to_the_time_limit_when_it_comes_first():
+    # 100 steps in 100 s: 1 step/s, 10,000 steps to go
+    assert _progress(100, 10_100, 0.5, 100, 100.0).endswith("left 2:46:40")
+    assert _progress(100, 10_100, 0.5, 100, 100.0, minutes=10).endswith("left 0:08:20")  # 600 s - 100 s
 
 
 def test_training_saves_and_resumes_with_the_checkpoints_recipe(tmp_path):
