@@ -1,10 +1,15 @@
 """The scan training loop: pair sampling, the learning-rate schedule, resuming with the checkpoint's recipe."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from lvd_core.checkpoints import load_checkpoint
-from lvd_core.train import TRAVEL_FLOOR, TrainConfig, _progress, learning_rate_factor, sample_pairs, train
+from lvd_core.body import load_body_model
+from lvd_core.canonical import canonical_frame
+from lvd_core.synth import ScanRealism, held_out_set
+from lvd_core.train import TRAVEL_FLOOR, TrainConfig, _progress, learning_rate_factor, loaded_points, sample_pairs, train
 
 TINY_NETWORK = dict(channels=[4, 4, 8, 8], global_width=8, embed_width=8, hidden=16)
 
@@ -40,6 +45,21 @@ def test_learning_rate_holds_then_decays_to_zero_by_steps_or_by_time():
     assert learning_rate_factor(5, timed, 60.0) == 1.0  # 10% of the time
     assert abs(learning_rate_factor(5, timed, 450.0) - 0.5) < 1e-9  # 75% of the time
     assert learning_rate_factor(5, timed, 600.0) == 0.0
+
+
+def test_training_frames_ignore_outliers_as_the_loaded_scans_of_inference_do():
+    """Outliers (a scan's stray points, up to 10% outside its box) must not widen the canonical frame training
+    sees: inference cleans them away (load_scan), so a widened training frame shows the network bodies
+    smaller than it will meet them."""
+    body = load_body_model("anny")
+    scan = held_out_set("anny", 1, realism=ScanRealism.clean())[0]
+    clean_scale = canonical_frame(scan.points, "z", "body").scale
+    low, high = scan.points.min(0), scan.points.max(0)
+    margin = 0.1 * (high - low)
+    strays = np.random.default_rng(0).uniform(low - margin, high + margin, size=(60, 3)).astype(np.float32)
+    noisy = replace(scan, points=np.concatenate([scan.points, strays]))
+    assert canonical_frame(noisy.points, "z", "body").scale < 0.9 * clean_scale  # raw: the strays set the box
+    assert abs(canonical_frame(loaded_points(noisy, body), "z", "body").scale / clean_scale - 1) < 0.01
 
 
 def test_progress_counts_down_to_the_time_limit_when_it_comes_first():
