@@ -26,6 +26,7 @@ class FitSettings:
     iterations: int | None
     refine: bool
     shape_as_keys: bool
+    batch_size: int = 0  # scans a Batch fit fits together; 0: automatic (lvd_core.devices.batch_size_for)
 
     @staticmethod
     def from_context(context, preferences) -> "FitSettings":
@@ -39,6 +40,7 @@ class FitSettings:
             iterations=settings.iterations or None,
             refine=settings.refine,
             shape_as_keys=settings.shape_as_keys,
+            batch_size=preferences.batch_size,
         )
 
 
@@ -99,34 +101,47 @@ def pipeline():
     return core("pipeline")
 
 
-def fit_item(item: Item, settings: FitSettings, progress, cancel) -> FitOutcome:
-    """Fit one input; on CUDA running out of memory, fit again on the CPU and say so."""
+def fit_group(items: list[Item], settings: FitSettings, progress, cancel) -> list:
+    """Fit the items: one through fit_scan / fit_photo, several scans together through fit_scans (one batch,
+    what a GPU wants). Returns a FitOutcome or the bad input's ValueError per item. On CUDA running out of
+    memory, fit again on the CPU and say so."""
     try:
-        return _fit(item, settings, settings.device, progress, cancel)
+        return _fit(items, settings, settings.device, progress, cancel)
     except Exception as exc:  # torch.cuda.OutOfMemoryError without importing torch here
         if settings.device == "cpu" or "out of memory" not in str(exc).lower():
             raise
     progress(0.0, "CUDA ran out of memory, fitting on the CPU")
-    outcome = _fit(item, settings, "cpu", progress, cancel)
-    outcome.note = "CUDA ran out of memory: fitted on the CPU"
-    return outcome
+    outcomes = _fit(items, settings, "cpu", progress, cancel)
+    for outcome in outcomes:
+        if isinstance(outcome, FitOutcome):
+            outcome.note = "CUDA ran out of memory: fitted on the CPU"
+    return outcomes
 
 
-def _fit(item: Item, settings: FitSettings, device: str, progress, cancel) -> FitOutcome:
+def _fit(items: list[Item], settings: FitSettings, device: str, progress, cancel) -> list:
     started = time.perf_counter()
-    inputs = item.inputs
     options = dict(body=settings.body_model, device=device, iterations=settings.iterations, refine=settings.refine,
                    progress=progress, cancel=cancel)  # fmt: skip
     if settings.model_path:
         options["model_path"] = settings.model_path
     if settings.checkpoint_folder:
         options["checkpoint_folder"] = settings.checkpoint_folder
-    if inputs["kind"] == "scan":
-        result = pipeline().fit_scan(inputs["vertices"], inputs["faces"], up="z", **options)
+    inputs = items[0].inputs
+    if len(items) > 1:
+        results = pipeline().fit_scans([(item.inputs["vertices"], item.inputs["faces"]) for item in items], up="z", **options)
+    elif inputs["kind"] == "scan":
+        results = [pipeline().fit_scan(inputs["vertices"], inputs["faces"], up="z", **options)]
     else:
         image = core("inputs.image")
         rgb = image.load_image(inputs["path"]) if "path" in inputs else image.from_blender_pixels(inputs["pixels"], *inputs["size"])
-        result = pipeline().fit_photo(rgb, **options)
+        results = [pipeline().fit_photo(rgb, **options)]
+    seconds = (time.perf_counter() - started) / len(items)
+    return [result if isinstance(result, Exception) else _outcome(result, item.inputs, settings, seconds)
+            for result, item in zip(results, items)]  # fmt: skip
+
+
+def _outcome(result, inputs: dict, settings: FitSettings, seconds: float) -> FitOutcome:
+    """A pipeline FitResult as the character's description and its place in the scene."""
     body = core("body").load_body_model(result.body_name, settings.model_path)
     description = core("export").character_description(body, result.params)
     if inputs["kind"] == "scan":  # on top of the scan, in the scene's units
@@ -135,8 +150,21 @@ def _fit(item: Item, settings: FitSettings, device: str, progress, cancel) -> Fi
         untranslate = np.eye(4)
         untranslate[:3, 3] = -description["fit_transform"][:3, 3]
         frame = inputs["placement"] @ description["model_to_zup"] @ untranslate
-    quality = result.quality_label(short=True)
-    return FitOutcome(description, frame, float(result.residual_mm), quality, time.perf_counter() - started)
+    return FitOutcome(description, frame, float(result.residual_mm), result.quality_label(short=True), seconds)
+
+
+def fits_per_group(settings: FitSettings, count: int) -> int:
+    """Scans a job fits together: the preference, else (automatic) lvd_core's batch size for the device, which
+    loads PyTorch (on the main thread): only a batch that may run on a GPU asks."""
+    if count == 1 or settings.batch_size:
+        return settings.batch_size or 1
+    if settings.device == "cpu":
+        return 1
+    devices = core("devices")
+    try:
+        return devices.batch_size_for(devices.pick_device(settings.device))
+    except RuntimeError:  # CUDA asked for but missing: each fit reports it
+        return 1
 
 
 # -- main thread: results ---------------------------------------------------------------------------------
@@ -145,7 +173,8 @@ class FitRun:
 
     def __init__(self, items: list[Item], settings: FitSettings, skipped: list[str]):
         self.settings = settings
-        self.job = Job(items, lambda item, progress, cancel: fit_item(item, settings, progress, cancel))
+        self.job = Job(items, lambda group, progress, cancel: fit_group(group, settings, progress, cancel),
+                       fits_per_group(settings, len(items)))  # fmt: skip
         self.total = len(items) + len(skipped)
         self.failures = list(skipped)  # "name (why)"
         self.characters: list = []

@@ -1,7 +1,8 @@
 """Long work off Blender's main thread: a plain-Python job over a list of items.
 
 The main thread copies every input to numpy first (the worker never touches bpy: Blender's Python API is
-not thread-safe). The worker calls `work(item, progress, cancel)` per item and posts messages to a queue;
+not thread-safe). The worker calls `work(group, progress, cancel)` per group of items (one item each, or
+several to fit together on a GPU) and posts messages to a queue;
 the main thread drains it (a modal operator on TIMER events, or `run()` synchronously when there is no event
 loop, as in background mode) and applies each result as it arrives, so finished items survive a cancel.
 """
@@ -50,13 +51,15 @@ def one_line(exc: Exception) -> str:
 
 
 class Job:
-    """Runs `work(item, progress(fraction, text), cancel_event) -> result` for each item in turn. Messages
-    (Progress, Done, Failed, then one Finished) arrive on `messages`. An exception fails that item only (a
-    ValueError is bad input and its message is shown as is); once cancelled, the remaining items are skipped."""
+    """Runs `work(group, progress(fraction, text), cancel_event) -> [result or Exception per item]` for each
+    group of `group_size` items in turn. Messages (Progress, Done, Failed, then one Finished) arrive on
+    `messages`. An Exception in the results fails that item only, one raised fails the group (a ValueError is
+    bad input and its message is shown as is); once cancelled, the remaining groups are skipped."""
 
-    def __init__(self, items: list[Item], work: Callable):
+    def __init__(self, items: list[Item], work: Callable, group_size: int = 1):
         self.items = items
         self.work = work
+        self.group_size = max(1, group_size)
         self.messages: queue.Queue = queue.Queue()
         self.cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,21 +74,23 @@ class Job:
 
     def run(self) -> None:
         count = len(self.items)
-        for index, item in enumerate(self.items):
+        for first in range(0, count, self.group_size):
             if self.cancel.is_set():
                 break
+            group = self.items[first : first + self.group_size]
+            label = group[0].label if len(group) == 1 else f"{group[0].label} and {len(group) - 1} more"
 
-            def progress(fraction: float, text: str, index=index, item=item) -> None:
-                self.messages.put(Progress((index + min(max(fraction, 0.0), 1.0)) / count, f"{item.label}: {text}"))
+            def progress(fraction: float, text: str, first=first, size=len(group), label=label) -> None:
+                self.messages.put(Progress((first + min(max(fraction, 0.0), 1.0) * size) / count, f"{label}: {text}"))
 
             try:
-                result = self.work(item, progress, self.cancel)
+                results = self.work(group, progress, self.cancel)
             except Exception as exc:  # noqa: BLE001 (a worker must report, not die silently)
                 if self.cancel.is_set():  # however the work stopped on cancel, it is not a failure
                     break
-                self.messages.put(Failed(item.label, one_line(exc)))
-            else:
-                self.messages.put(Done(item.label, result))
+                results = [exc] * len(group)
+            for item, result in zip(group, results):
+                self.messages.put(Failed(item.label, one_line(result)) if isinstance(result, Exception) else Done(item.label, result))
         self.messages.put(Finished(cancelled=self.cancel.is_set()))
 
     def drain(self) -> list:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from .core import add_dependency_folders, core, cuda_status, torch_available
 
@@ -61,6 +61,10 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
         name="Device",
         items=[("AUTO", "Auto", "CUDA when available, else the CPU"), ("CUDA", "CUDA", ""), ("CPU", "CPU", "")],
     )
+    batch_size: IntProperty(
+        name="Batch Size", min=0, max=64, default=0,
+        description="Scans Batch fit fits together (the descent and the body fit batched, for a GPU); 0: 8 on CUDA, 1 on the CPU",
+    )  # fmt: skip
     site_packages: StringProperty(
         name="Site-packages Folder", subtype="DIR_PATH", description="An existing Python 3.11 site-packages with PyTorch"
     )
@@ -78,6 +82,7 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
                 layout.label(text=problem, icon="ERROR")
         layout.prop(self, "checkpoint_folder")
         layout.prop(self, "device")
+        layout.prop(self, "batch_size")
         box = layout.box()
         add_dependency_folders(self.dependency_folders())
         if torch_available():

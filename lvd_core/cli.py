@@ -25,7 +25,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MASK_SUFFIX = "_mask"  # photo.png may come with its person mask photo_mask.png
 PREVIEW_SCAN_POINTS = 20_000
-GPU_BATCH = 8  # scans per batch on a GPU (`lvd batch --batch-size`); not measured on a GPU yet (none was lent)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_SCAN = DATA_DIR / "sample_scan.ply"
 
@@ -50,6 +49,7 @@ class FitSettings:
 
 def build_parser() -> argparse.ArgumentParser:
     from .body import BODY_MODEL_NAMES
+    from .devices import GPU_BATCH
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's parser would otherwise reset `lvd --debug fit ...` to False.
@@ -321,6 +321,8 @@ def run_fit(args) -> int:
 
 
 def run_batch(args) -> int:
+    from .devices import batch_size_for
+
     inputs = collect_inputs(args.inputs)
     settings = fit_settings(args)
     device = check_body_and_device(settings.fit_options)
@@ -333,7 +335,7 @@ def run_batch(args) -> int:
         else:
             todo.append((index, source, stem))
     workers = min(args.workers or min(2, os.cpu_count() or 1), len(todo))
-    batch_size = args.batch_size or (GPU_BATCH if device.type == "cuda" else 1)
+    batch_size = batch_size_for(device, args.batch_size)
     debug = getattr(args, "debug", False)
     started = time.perf_counter()
 

@@ -33,6 +33,7 @@ class FakePipeline:
         self.block_after = block_after  # number of fits after which it waits for cancel
         self.devices = []
         self.calls = 0
+        self.batches = []  # the sizes of fit_scans' batches
 
     def result(self, centre):
         body = load_body_model("anny-hand")
@@ -56,6 +57,16 @@ class FakePipeline:
             raise ValueError("the scan is degenerate (flat or fewer than 4 vertices)")
         progress(0.5, "descending")
         return self.result(vertices.mean(0))
+
+    def fit_scans(self, sources, **options):
+        self.batches.append(len(sources))
+        results = []
+        for vertices, faces in sources:
+            try:
+                results.append(self.fit_scan(vertices, faces, **options))
+            except ValueError as error:
+                results.append(error)
+        return results
 
     def fit_photo(self, image_rgb, *, body, device, progress, cancel, **options):
         if image_rgb.max() == 0:
@@ -189,6 +200,27 @@ def test_batch_fit_skips_broken_objects_by_name(pipeline):
     assert sorted(a.name for a in characters()) == ["Hand A LVD", "Hand B LVD"]
     summary = bpy.context.window_manager.lvd_progress.last_summary
     assert "fitted 2 of 4" in summary and "Flat (the scan is degenerate" in summary and "Empty (" in summary
+
+
+def test_batch_fit_with_a_batch_size_fits_scans_together(pipeline):
+    hands = [hand_scan(f"Hand {k}", (k, 0, 0)) for k in range(3)]
+    flat = scan_object("Flat", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)], [(0, 1, 3, 2)])
+    activate(*hands, flat)
+    prefs().batch_size = 2
+    try:
+        assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
+    finally:
+        prefs().batch_size = 0
+    assert pipeline.batches == [2, 2]
+    assert sorted(a.name for a in characters()) == ["Hand 0 LVD", "Hand 1 LVD", "Hand 2 LVD"]
+    summary = bpy.context.window_manager.lvd_progress.last_summary
+    assert "fitted 3 of 4" in summary and "Flat (the scan is degenerate" in summary
+
+
+def test_automatic_batch_size_is_one_scan_at_a_time_on_the_cpu(addon):
+    settings = addon.fitting.FitSettings("anny", None, None, "cpu", None, True, False)
+    assert addon.fitting.fits_per_group(settings, 5) == 1
+    assert addon.fitting.fits_per_group(addon.fitting.FitSettings("anny", None, None, "auto", None, True, False, 3), 5) == 3
 
 
 def test_cuda_out_of_memory_falls_back_to_the_cpu(pipeline):
@@ -376,10 +408,19 @@ def test_real_fit_puts_the_character_on_the_scan(real_pipeline):
 
 
 def test_real_batch_fit_skips_the_broken_object(real_pipeline):
-    first, _ = body_scan_object("Person A", seed=4)
-    second, _ = body_scan_object("Person B", seed=5, location=(1.5, 0.0, 0.0))
+    """All three in one batch (lvd_core.pipeline.fit_scans, as on a GPU): the flat one fails in its place."""
+    first, first_points = body_scan_object("Person A", seed=4)
+    second, second_points = body_scan_object("Person B", seed=5, location=(1.5, 0.0, 0.0))
     flat = scan_object("Flat", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)], [(0, 1, 3, 2)])
     activate(first, second, flat)
-    assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
-    assert sorted(a.name for a in characters()) == ["Person A LVD", "Person B LVD"]
+    prefs().batch_size = 3
+    try:
+        assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
+    finally:
+        prefs().batch_size = 0
+    by_name = {a.name: a for a in characters()}
+    assert sorted(by_name) == ["Person A LVD", "Person B LVD"]
+    for name, points in (("Person A LVD", first_points), ("Person B LVD", second_points)):
+        [body_mesh] = by_name[name].children
+        assert mean_distance_mm(blender_support.evaluated_world_vertices(body_mesh), points) < ON_SCAN_MM
     assert "Flat (" in bpy.context.window_manager.lvd_progress.last_summary
