@@ -156,9 +156,9 @@ def _outcome(result, inputs: dict, settings: FitSettings, seconds: float) -> Fit
 def fits_per_group(settings: FitSettings, count: int) -> int:
     """Scans a job fits together: the preference, else (automatic) lvd_core's batch size for the device, which
     loads PyTorch (on the main thread): only a batch that may run on a GPU asks."""
-    if count == 1 or settings.batch_size:
-        return settings.batch_size or 1
-    if settings.device == "cpu":
+    if settings.batch_size:
+        return settings.batch_size
+    if count == 1 or settings.device == "cpu":
         return 1
     devices = core("devices")
     try:

@@ -35,6 +35,7 @@ from .canonical import body_kind, canonical_frame, canonical_template, farthest_
 from .checkpoints import load_checkpoint, save_checkpoint
 from .descent import descend
 from .devices import pick_device
+from .inputs.frame import NormalizedFrame
 from .inputs.grids import COMPACT_BODY
 from .inputs.scan import load_scan
 from .nets.compact import CompactScanLVD
@@ -133,18 +134,19 @@ class TrainingExamples(torch.utils.data.IterableDataset):
             index += workers
 
 
-def loaded_points(scan, body) -> np.ndarray:
-    """A synthetic scan's points (N', 3) after the cleaning `load_scan` gives a user's point cloud (outliers and
-    small fragments dropped), so training and validation see the canonical frames inference makes. Before,
-    the outliers widened the training frames' boxes (bodies about 0.85 high in the canonical frame instead
-    of 1), and the descent on cleaned held-out scans was 13 mm worse than on the raw ones (measured)."""
-    return load_scan((scan.points, None), units="m", up=body.up_axis, kind=body_kind(body)).points
+def canonical_view(scan, body) -> tuple[NormalizedFrame, np.ndarray]:
+    """A synthetic scan as the network sees it: its canonical frame and its points (N', 3) in that frame, made
+    from the points cleaned as `load_scan` cleans a user's point cloud (outliers and small fragments dropped),
+    so training and validation see the frames inference makes. Before, the outliers widened the training
+    frames' boxes (bodies about 0.85 high in the canonical frame instead of 1), and the descent on cleaned
+    held-out scans was 13 mm worse than on the raw ones (measured)."""
+    points = load_scan((scan.points, None), units="m", up=body.up_axis, kind=body_kind(body)).points
+    frame = canonical_frame(points, body.up_axis, body_kind(body))
+    return frame, frame.to_canonical(points.astype(np.float64))
 
 
 def make_example(scan, body, vertex_ids: np.ndarray, template: np.ndarray, config: TrainConfig, rng: np.random.Generator):
-    points = loaded_points(scan, body)
-    frame = canonical_frame(points, body.up_axis, body_kind(body))
-    points_c = frame.to_canonical(points.astype(np.float64))
+    frame, points_c = canonical_view(scan, body)
     gt = frame.to_canonical(scan.vertices_gt[vertex_ids].astype(np.float64)).astype(np.float32)
     queries, vertex = sample_pairs(rng, gt, template, config.pairs, COMPACT_BODY.box_max, config.travel_share)
     targets = np.clip(queries - gt[vertex], -config.clamp, config.clamp)
@@ -170,9 +172,8 @@ def validate(network: CompactScanLVD, config: TrainConfig, vertex_ids: np.ndarra
     network.eval()
     with torch.no_grad():
         for scan in scans:
-            points = loaded_points(scan, body)
-            frame = canonical_frame(points, body.up_axis, body_kind(body))
-            grid = torch.from_numpy(COMPACT_BODY.grid(frame.to_canonical(points.astype(np.float64))))[None]
+            frame, points_c = canonical_view(scan, body)
+            grid = torch.from_numpy(COMPACT_BODY.grid(points_c))[None]
             features = network.encode(grid.to(device))
             result = descend(network, features, torch.from_numpy(template)[None].to(device), iterations=iterations)
             predicted = frame.to_input(result.vertices[0].cpu().double().numpy())

@@ -9,7 +9,7 @@ from lvd_core.checkpoints import load_checkpoint
 from lvd_core.body import load_body_model
 from lvd_core.canonical import canonical_frame
 from lvd_core.synth import ScanRealism, held_out_set
-from lvd_core.train import TRAVEL_FLOOR, TrainConfig, _progress, learning_rate_factor, loaded_points, sample_pairs, train
+from lvd_core.train import TRAVEL_FLOOR, TrainConfig, _progress, canonical_view, learning_rate_factor, sample_pairs, train
 
 TINY_NETWORK = dict(channels=[4, 4, 8, 8], global_width=8, embed_width=8, hidden=16)
 
@@ -59,7 +59,7 @@ def test_training_frames_ignore_outliers_as_the_loaded_scans_of_inference_do():
     strays = np.random.default_rng(0).uniform(low - margin, high + margin, size=(60, 3)).astype(np.float32)
     noisy = replace(scan, points=np.concatenate([scan.points, strays]))
     assert canonical_frame(noisy.points, "z", "body").scale < 0.9 * clean_scale  # raw: the strays set the box
-    assert abs(canonical_frame(loaded_points(noisy, body), "z", "body").scale / clean_scale - 1) < 0.01
+    assert abs(canonical_view(noisy, body)[0].scale / clean_scale - 1) < 0.01
 
 
 def test_progress_counts_down_to_the_time_limit_when_it_comes_first():
