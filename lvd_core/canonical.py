@@ -31,6 +31,12 @@ def canonical_frame(points: np.ndarray, up: str, kind: str, units: str = "m") ->
     return principal_frame(points, frame) if kind == "hand" else frame
 
 
+def scan_frame(scan: Scan) -> NormalizedFrame:
+    """The canonical frame of a loaded scan, from its own points, up axis, kind and units: the one call inference
+    and training both make, so the network is trained on the frames it is given."""
+    return canonical_frame(scan.points, scan.up, scan.kind, scan.units)
+
+
 def principal_frame(points: np.ndarray, frame: NormalizedFrame) -> NormalizedFrame:
     """`frame` turned so the points' principal axes become Z (longest: along the fingers), X, then Y, each
     pointing where the points' third moment is positive (the heavier tail: palm vs fingertips), right-handed,

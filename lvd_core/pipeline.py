@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .body import BodyModel, BodyParams, load_body_model
-from .canonical import body_kind, canonical_frame, yaw_rotation
+from .canonical import body_kind, scan_frame, yaw_rotation
 from .checkpoints import CheckpointError, load_checkpoint
 from .descent import descend
 from .devices import pick_device
@@ -184,7 +184,7 @@ def predict_vertices(network, scans: list[Scan], device, iterations: int, facing
     """LVD on scans, every scan and facing in one batch: a ScanPrediction per scan and the vertex ids (N,)."""
     if isinstance(network, CompactScanLVD):
         angles, rotations = orientation_hypotheses(scans[0].kind, facings)
-        frames = [canonical_frame(scan.points, scan.up, scan.kind, scan.units) for scan in scans]
+        frames = [scan_frame(scan) for scan in scans]
         canonicals = [frame.to_canonical(scan.points.astype(np.float64)) for frame, scan in zip(frames, scans)]
         grids = np.stack([COMPACT_BODY.grid(c @ r) for c in canonicals for r in rotations])  # the scan turned by r^-1
         vertex_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
@@ -279,7 +279,7 @@ def fit_scans(
     if mirrored:  # back to the scan's side; the fit uses the unmirrored scan's canonical frame
         for i, prediction in zip(order, predictions):
             prediction.predicted = prediction.predicted * [-1.0, 1.0, 1.0]
-            prediction.canonical = canonical_frame(scans[i].points, scans[i].up, scans[i].kind, scans[i].units)
+            prediction.canonical = scan_frame(scans[i])
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
     ids = torch.as_tensor(vertex_ids, device=torch_device)

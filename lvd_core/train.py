@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .body import load_body_model
-from .canonical import body_kind, canonical_frame, canonical_template, farthest_point_subset, rest_template
+from .canonical import body_kind, canonical_template, farthest_point_subset, rest_template, scan_frame
 from .checkpoints import load_checkpoint, save_checkpoint
 from .descent import descend
 from .devices import pick_device
@@ -140,9 +140,9 @@ def canonical_view(scan, body) -> tuple[NormalizedFrame, np.ndarray]:
     so training and validation see the frames inference makes. Before, the outliers widened the training
     frames' boxes (bodies about 0.85 high in the canonical frame instead of 1), and the descent on cleaned
     held-out scans was 13 mm worse than on the raw ones (measured)."""
-    points = load_scan((scan.points, None), units="m", up=body.up_axis, kind=body_kind(body)).points
-    frame = canonical_frame(points, body.up_axis, body_kind(body))
-    return frame, frame.to_canonical(points.astype(np.float64))
+    loaded = load_scan((scan.points, None), units="m", up=body.up_axis, kind=body_kind(body))
+    frame = scan_frame(loaded)
+    return frame, frame.to_canonical(loaded.points.astype(np.float64))
 
 
 def make_example(scan, body, vertex_ids: np.ndarray, template: np.ndarray, config: TrainConfig, rng: np.random.Generator):
