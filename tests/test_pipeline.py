@@ -106,6 +106,29 @@ def test_hands_of_both_sides_land_on_their_scans(side):
     assert cKDTree(scan.points).query(result.vertices_input)[0].mean() < 0.006  # metres; a hand is ~0.19 m long
 
 
+def test_the_facing_whose_vertices_the_body_model_can_take_is_chosen(monkeypatch):
+    """Of several facings, the fit keeps the one whose LVD vertices a body of the model can take. Here one
+    facing predicts the true vertices and the others the same points in a scrambled vertex order: all cover
+    the scan equally well, only the true one is a hand."""
+    import lvd_core.pipeline as pipeline
+
+    body = load_body_model("anny-hand-right")
+    rng = np.random.default_rng(5)
+    scan = make_scan(body, sample_params(body, rng, 1, BodySampling(families=("relaxed",))), rng, realism=ScanRealism.clean(points=8000))
+    ids = np.arange(0, body.vertex_count, 3)
+    true_facing, angles = 5, np.arange(8) * 45.0
+
+    def predict(network, scans, device, iterations, facings):
+        truth = scan.vertices_gt[ids].astype(np.float64)
+        predicted = np.stack([truth if f == true_facing else truth[rng.permutation(len(ids))] for f in range(len(angles))])
+        return [pipeline.ScanPrediction(predicted, pipeline.scan_frame(scans[0]), angles)], ids
+
+    monkeypatch.setattr(pipeline, "predict_vertices", predict)
+    result = fit_scan(scan.points, None, body="anny-hand-right", units="m")
+    assert result.facing_deg == angles[true_facing]
+    assert np.linalg.norm(result.vertices_input - scan.vertices_gt, axis=1).mean() < 0.003  # metres
+
+
 def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_scan):
     """fit_scans batches the descent and the fit (for a GPU): each scan gets the result it gets alone, in
     its own units (metres and centimetres in one batch), and a bad scan its error, in its place."""
