@@ -3,7 +3,8 @@
 fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> distance grid -> LVD descent
 from the template, for a few facing hypotheses at once -> body fit to the predicted vertices (keeping the
 facing whose vertices the body model takes best) -> optional refinement against the scan surface ->
-everything mapped back to the input's own frame and units. fit_scans does the same for many scans, the descent and the fit batched (for a GPU).
+everything mapped back to the input's own frame and units. fit_scans does the same for many scans, the
+descent and the fit batched (for a GPU).
 """
 
 from __future__ import annotations
