@@ -42,8 +42,9 @@ DEFAULT_SCAN_WEIGHTS = {
 MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
 SURFACE_POINTS = 4000  # scan points the surface refinement matches against
 # Facings (of several) per scan that go through the full fit and the refinement. Measured on 96 held-out hands
-# (8 facings each), mean vertex error after the fit: 1 facing 4.11 mm, 2 facings 3.95, 4 or all 8 3.90, at
-# 1x, 2x, 4x and 8x the fit time. Shortlisting by the quick fit's distance to the scan instead gave 4.6.
+# (8 facings each; the session-4 hand network), mean vertex error after the fit: 1 facing 4.11 mm, 2 facings
+# 3.95, 4 or all 8 3.90, at 1x, 2x, 4x and 8x the fit time. Shortlisting by the quick fit's distance to the
+# scan instead gave 4.6.
 SHORTLIST = 2
 
 
@@ -330,9 +331,8 @@ class _ScanInModel:
         return torch.as_tensor(self.targets[facing : facing + 1], dtype=self.dtype, device=self.device)
 
     def choose(self, fits: list):
-        """The lvd_core.fit.FitResult (one per shortlisted facing) that stays closest to its own LVD vertices: the network's
-        vertices for a wrong facing are a body the model cannot take (tested on held-out hands: choosing by
-        the distance to the scan instead picked worse facings)."""
+        """Of the lvd_core.fit.FitResults (one per shortlisted facing), the one that stays closest to its own LVD
+        vertices: a wrong facing's vertices are a body the model cannot take (figures at SHORTLIST)."""
         k = int(np.argmin([float(fit.residuals.mean()) for fit in fits]))
         self.best = self.shortlist[k]
         return fits[k]
@@ -373,8 +373,8 @@ def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -
             placed.shortlist = [int(f) for f in np.argsort(residuals[k * facings : (k + 1) * facings])[:SHORTLIST]]
     targets = torch.cat([placed.targets_of(facing) for placed in group for facing in placed.shortlist])
     fit = fit_to_vertices(model, targets, ids, options=group[0].options)
-    items = iter(range(len(targets)))
-    return [[fit.item(next(items)) for _ in placed.shortlist] for placed in group]
+    items = (fit.item(b) for b in range(len(targets)))
+    return [[next(items) for _ in placed.shortlist] for placed in group]
 
 
 def _mirror_x(scan: Scan) -> Scan:
