@@ -1,10 +1,10 @@
 """From an input (scan or photo) to fitted body-model parameters: the one pipeline the CLI and Blender share.
 
 fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> distance grid -> LVD descent
-from the template, for a few facing hypotheses at once -> body fit to the predicted vertices (keeping the
-facing whose vertices the body model takes best) -> optional refinement against the scan surface ->
-everything mapped back to the input's own frame and units. fit_scans does the same for many scans, the
-descent and the fit batched (for a GPU).
+from the template, for a few facing hypotheses at once -> body fit to the predicted vertices of the facings
+the body model takes best -> optional refinement against the scan surface -> the facing whose body lies
+closest to the scan, mapped back to the input's own frame and units. fit_scans does the same for many scans,
+the descent and the fit batched (for a GPU).
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ DEFAULT_SCAN_WEIGHTS = {
 # prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
 MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
 SURFACE_POINTS = 4000  # scan points the surface refinement matches against
-# Facings (of several) per scan that go through the full fit and the refinement. Measured on 96 held-out hands
-# (8 facings each; the session-4 hand network), mean vertex error after the fit: 1 facing 4.11 mm, 2 facings
-# 3.95, 4 or all 8 3.90, at 1x, 2x, 4x and 8x the fit time. Shortlisting by the quick fit's distance to the
-# scan instead gave 4.6.
+# Facings (of several) per scan that go through the full fit and the refinement, ranked by how well a quick fit
+# takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan. Measured on 96
+# held-out hands (validation samples 0-95, 8 facings each; the session-5 hand network), mean vertex error after
+# the fit: the best-ranked facing alone 3.92 mm; of the best 2, the one closest to the scan 3.67 (3.92 when
+# keeping the one closest to its own LVD vertices instead); of the best 3, 3.79. Shortlisting by the quick fit's
+# distance to the scan instead of its LVD residual gave 4.6 (session-4 network).
 SHORTLIST = 2
 
 
@@ -331,9 +333,13 @@ class _ScanInModel:
         return torch.as_tensor(self.targets[facing : facing + 1], dtype=self.dtype, device=self.device)
 
     def choose(self, fits: list):
-        """Of the lvd_core.fit.FitResults (one per shortlisted facing), the one that stays closest to its own LVD
-        vertices: a wrong facing's vertices are a body the model cannot take (figures at SHORTLIST)."""
-        k = int(np.argmin([float(fit.residuals.mean()) for fit in fits]))
+        """Of the lvd_core.fit.FitResults (one per shortlisted facing, refined against the scan), the one whose body
+        lies closest to the scan: the smallest median scan-to-body distance (the result's residual_mm; the median
+        shrugs off an object held in the hand). The shortlist has already dropped the facings whose LVD vertices
+        the body model cannot take (figures at SHORTLIST)."""
+        if len(fits) == 1:
+            return fits[0]
+        k = int(np.argmin([_median_distance(self.points, fit.vertices[0].detach().cpu().double().numpy()) for fit in fits]))
         self.best = self.shortlist[k]
         return fits[k]
 

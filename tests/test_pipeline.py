@@ -129,6 +129,32 @@ def test_the_facing_whose_vertices_the_body_model_can_take_is_chosen(monkeypatch
     assert np.linalg.norm(result.vertices_input - scan.vertices_gt, axis=1).mean() < 0.003  # metres
 
 
+def test_of_facings_the_model_takes_the_one_on_the_scan_is_kept(monkeypatch):
+    """When several facings' LVD vertices are bodies of the model, the fit keeps the one lying on the scan. Here
+    one facing predicts the true vertices with 2 mm of noise, another an exact hand of another pose 4 cm beside
+    the scan (which its own vertices fit better), the others scrambled vertex orders (no hand at all)."""
+    import lvd_core.pipeline as pipeline
+
+    body = load_body_model("anny-hand-right")
+    rng = np.random.default_rng(7)
+    hands = [make_scan(body, sample_params(body, rng, 1, BodySampling(families=(family,))), rng, realism=ScanRealism.clean(points=8000))
+             for family in ("relaxed", "open")]  # fmt: skip
+    scan = hands[0]
+    ids = np.arange(0, body.vertex_count, 3)
+    true_facing, beside_facing, angles = 2, 6, np.arange(8) * 45.0
+    truth = scan.vertices_gt[ids].astype(np.float64)
+    noisy, beside = truth + rng.normal(0, 0.002, truth.shape), hands[1].vertices_gt[ids] + [0.04, 0.0, 0.0]
+
+    def predict(network, scans, device, iterations, facings):
+        predicted = np.stack([noisy if f == true_facing else beside if f == beside_facing else truth[rng.permutation(len(ids))]
+                              for f in range(len(angles))])  # fmt: skip
+        return [pipeline.ScanPrediction(predicted, pipeline.scan_frame(scans[0]), angles)], ids
+
+    monkeypatch.setattr(pipeline, "predict_vertices", predict)
+    result = fit_scan(scan.points, None, body="anny-hand-right", units="m", refine=False)
+    assert result.facing_deg == angles[true_facing]
+
+
 def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_scan):
     """fit_scans batches the descent and the fit (for a GPU): each scan gets the result it gets alone, in
     its own units (metres and centimetres in one batch), and a bad scan its error, in its place."""
