@@ -135,8 +135,8 @@ def main() -> None:
             print(label, info, {k: round(v * 1000) for k, v in times.items()}, flush=True)
     stages = list(next(iter(results.values()))[0])
     lines += ["| stage | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
-    lines += [f"| faces / vertices after cleaning | " + " | ".join(f"{i['faces']} / {i['vertices']}" for _, i in results.values()) + " |"]
-    lines += [f"| detected units, up | " + " | ".join(f"{i['units']}, {i['up']}" for _, i in results.values()) + " |"]
+    lines += ["| faces / vertices after cleaning | " + " | ".join(f"{i['faces']} / {i['vertices']}" for _, i in results.values()) + " |"]
+    lines += ["| detected units, up | " + " | ".join(f"{i['units']}, {i['up']}" for _, i in results.values()) + " |"]
     for stage in stages:
         lines.append(f"| {stage} | " + " | ".join(f"{t[stage] * 1000:.0f}" for t, _ in results.values()) + " |")
     lines += ["| peak memory of the process, MB | " + " | ".join(f"{i['peak_mb']:.0f}" for _, i in results.values()) + " |"]
