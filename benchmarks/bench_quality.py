@@ -97,7 +97,7 @@ def real_rows() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=16, help="held-out body scans per set")
-    # Hand fits take ~3 s, and 16 hands swing the mean by ~1 mm (one scan off by 20 mm moves it 1.2 mm).
+    # Hand fits take ~7 s, and 16 hands swing the mean by ~1 mm (one scan off by 20 mm moves it 1.2 mm).
     parser.add_argument("--hand-n", type=int, default=48, help="held-out hand scans")
     args = parser.parse_args()
     n = args.n

@@ -231,7 +231,7 @@ def test_real_body_scan_end_to_end(shared_data):
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_real_hand_scans_end_to_end(shared_data, index):
     """Unitless hand reconstructions (one holds an object): fitted with the Anny hand at the scan's own size.
-    Bound: measured medians are about 2-4% of the scan's size (4.3-7.7 mm of a model-sized hand, see
+    Bound: measured medians are about 2-4% of the scan's size (4.0-6.6 mm of a model-sized hand, see
     weights/anny-hand-scan/manifest.json); 8% still fails a misplaced or wrongly turned hand."""
     if not (WEIGHTS_DIR / "anny-hand-scan" / "checkpoint.pt").exists():
         pytest.skip("no hand network shipped")
