@@ -335,6 +335,7 @@ class _ScanInModel:
         self.options = scan_fit_options(model, self.fit_scale)
         self.shortlist = [0]  # the facings that go through the full fit (and the refinement)
         self.best = 0
+        self.residual = float("nan")  # metres: median scan-to-body distance of the chosen fit (set by choose)
         self.device, self.dtype = model.device, model.dtype
 
     def targets_of(self, facing: int) -> torch.Tensor:
@@ -346,10 +347,9 @@ class _ScanInModel:
         lies closest to the scan: the smallest median scan-to-body distance (the result's residual_mm; the median
         shrugs off an object held in the hand). The shortlist has already dropped the facings whose LVD vertices
         the body model cannot take (figures at SHORTLIST)."""
-        if len(fits) == 1:
-            return fits[0]
-        k = int(np.argmin([_median_distance(self.points, fit.vertices[0].detach().cpu().double().numpy()) for fit in fits]))
-        self.best = self.shortlist[k]
+        distances = [_median_distance(self.points, fit.vertices[0].detach().cpu().double().numpy()) for fit in fits]
+        k = int(np.argmin(distances))
+        self.best, self.residual = self.shortlist[k], distances[k]
         return fits[k]
 
     def surface_sample(self) -> torch.Tensor:
@@ -365,7 +365,7 @@ class _ScanInModel:
             vertices_input=apply_transform(input_from_model, vertices_model),
             lvd_vertices_input=self.prediction.predicted[self.best],
             # In the model frame: millimetres for scans with units; for unitless ones, of a model-sized body.
-            residual_mm=float(1000 * _median_distance(self.points, vertices_model)),
+            residual_mm=1000 * self.residual,
             units=self.scan.units,
             timings=timings,
             facing_deg=float(self.prediction.angles_deg[self.best]),

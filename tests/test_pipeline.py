@@ -9,7 +9,7 @@ import torch
 from lvd_core.body import BodyModelError, load_body_model
 from lvd_core.checkpoints import CheckpointError
 from lvd_core.inputs.image import ImageInputError
-from lvd_core.inputs.scan import ScanError
+from lvd_core.inputs.scan import ScanError, load_scan
 from lvd_core.pipeline import WEIGHTS_DIR, FitCancelled, InputError, fit_photo, fit_scan, fit_scans
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params, to_file_frame
 
@@ -120,7 +120,7 @@ def test_each_yaw_reading_of_a_hand_comes_back_to_the_scan(monkeypatch, jitter_d
     scan = make_scan(body, sample_params(body, rng, 1, BodySampling(families=("open",))), rng, realism=ScanRealism.clean(points=8000))
     network = pipeline.load_network(pipeline.resolve_weights("anny-hand-right", None), torch.device("cpu"))
     monkeypatch.setattr(pipeline, "YAW_JITTER_DEG", {"hand": jitter_deg})
-    seen = pipeline.load_scan((scan.points, None), units="m", kind="hand")
+    seen = load_scan((scan.points, None), units="m", kind="hand")
     [prediction], ids = pipeline.predict_vertices(network, [seen], torch.device("cpu"), 10, 4)
     errors = np.linalg.norm(prediction.predicted - scan.vertices_gt[ids], axis=2).mean(1)  # (facings,)
     assert errors.min() < 0.008  # metres; the network's held-out mean is ~4 mm
@@ -211,8 +211,6 @@ def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
 def _scan_to_body_mm(result, path, kind):
     from scipy.spatial import cKDTree
 
-    from lvd_core.inputs.scan import load_scan
-
     points = load_scan(path, kind=kind).points
     distance = cKDTree(result.vertices_input).query(points)[0]
     return np.median(distance), np.percentile(distance, 90)
@@ -239,8 +237,6 @@ def test_real_hand_scans_end_to_end(shared_data, index):
     result = fit_scan(path, body="anny-hand")
     assert result.units == "unitless" and result.vertices_input.shape == (1609, 3)
     median, _ = _scan_to_body_mm(result, path, "hand")
-    from lvd_core.inputs.scan import load_scan
-
     scan_size = np.ptp(load_scan(path, kind="hand").points, axis=0).max()  # ~1.5 units
     assert 0.4 * scan_size < np.ptp(result.vertices_input, axis=0).max() < 1.2 * scan_size
     assert median < 0.08 * scan_size
