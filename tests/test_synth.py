@@ -144,6 +144,13 @@ def test_scan_shapes_dtypes_and_reproducibility(anny):
     assert not np.array_equal(scan.points[:100], data[8].points[:100])
 
 
+def test_scans_record_their_pose_family():
+    anywhere = {SyntheticScans("anny", seed=2)[i].info["pose_family"] for i in range(12)}
+    assert anywhere <= set(BODY_FAMILIES) and len(anywhere) > 3
+    chosen = SyntheticScans("anny-hand", seed=2, sampling=BodySampling(families=("fist", "open")))
+    assert {chosen[i].info["pose_family"] for i in range(6)} == {"fist", "open"}
+
+
 def test_iteration_split_across_workers_gives_the_same_samples():
     data = SyntheticScans("anny", seed=1, length=4)
     direct = [data[i].points for i in range(4)]

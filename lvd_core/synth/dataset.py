@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..body import BodyParams, load_body_model
-from .poses import sample_global_orient, sample_pose
+from .poses import pose_families, sample_global_orient, sample_pose
 from .scans import ScanRealism, SyntheticScan, make_scan
 from .shapes import sample_shape
 
@@ -33,12 +33,23 @@ class BodySampling:
     children: bool = False
 
 
+def draw_family(body, rng: np.random.Generator, sampling: BodySampling = BodySampling()) -> str:
+    """The pose family of a random body: one of sampling.families, or of all the model's."""
+    families = sampling.families or pose_families(body)
+    return families[rng.integers(len(families))]
+
+
 def sample_params(
-    body, rng: np.random.Generator, n: int = 1, sampling: BodySampling = BodySampling(), shape: np.ndarray | None = None
+    body,
+    rng: np.random.Generator,
+    n: int = 1,
+    sampling: BodySampling = BodySampling(),
+    shape: np.ndarray | None = None,
+    family: str | None = None,
 ) -> BodyParams:
-    """n random bodies (scale 1, no translation). shape (n, S) given or drawn with `sample_shape`."""
-    family = None if sampling.families is None else sampling.families[rng.integers(len(sampling.families))]
-    joint_pose = sample_pose(body, rng, n, family)
+    """n random bodies (scale 1, no translation), all of one pose family (given or drawn with `draw_family`).
+    shape (n, S) given or drawn with `sample_shape`."""
+    joint_pose = sample_pose(body, rng, n, family or draw_family(body, rng, sampling))
     orient = sample_global_orient(body, rng, n, sampling.yaw_range_deg, sampling.tilt_deg)
     if shape is None:
         shape = sample_shape(body, rng, n, children=sampling.children)
@@ -89,8 +100,11 @@ class SyntheticScans(torch.utils.data.IterableDataset):
 
     def __getitem__(self, index: int) -> SyntheticScan:
         rng = np.random.default_rng([self.seed, index])
-        params = sample_params(self.body, rng, 1, self.sampling, shape=self._shape(index))
-        return make_scan(self.body, params, rng, realism=self.realism)
+        family = draw_family(self.body, rng, self.sampling)
+        params = sample_params(self.body, rng, 1, self.sampling, shape=self._shape(index), family=family)
+        scan = make_scan(self.body, params, rng, realism=self.realism)
+        scan.info["pose_family"] = family
+        return scan
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

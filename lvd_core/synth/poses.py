@@ -302,10 +302,15 @@ def joint_pose_to_angles(body, joint_pose: np.ndarray) -> dict[tuple[str, str], 
     return {key: (np.stack(v, 1) if key[0].startswith("finger") else np.sum(v, 0)) for key, v in out.items()}
 
 
+def pose_families(body) -> tuple[str, ...]:
+    """The pose families of the model's kind: HAND_FAMILIES for hands, BODY_FAMILIES otherwise."""
+    return HAND_FAMILIES if is_hand(body) else BODY_FAMILIES
+
+
 def sample_pose(body, rng: np.random.Generator, n: int, family: str | None = None) -> np.ndarray:
     """n random poses of `family` (None: a random family per call from BODY_FAMILIES or HAND_FAMILIES) ->
     joint_pose (n, J-1, 3) float32, SMPL-style axis-angles in the model's rest axes."""
-    families = HAND_FAMILIES if is_hand(body) else BODY_FAMILIES
+    families = pose_families(body)
     family = family or families[rng.integers(len(families))]
     if family not in families:
         raise ValueError(f"unknown pose family {family!r} for {body.name}; expected one of {families}")
