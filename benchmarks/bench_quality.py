@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core.body import load_body_model  # noqa: E402
-from lvd_core.pipeline import WEIGHTS_DIR, fit_scan, load_network, resolve_weights  # noqa: E402
+from lvd_core.pipeline import WEIGHTS_DIR, fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -51,13 +51,12 @@ def synthetic_rows(body_name: str, realism: ScanRealism, label: str, n: int) -> 
     body = load_body_model(body_name)
     hands = hand_vertices(body)
     scans = held_out_set(body_name, n, realism=realism, sampling=BodySampling(yaw_range_deg=30))
-    ids = np.asarray(load_network(resolve_weights(body_name, None), torch.device("cpu")).checkpoint_metadata["vertex_ids"])
     descent, fitted, seconds = [], [], []
     for scan in scans:
         start = time.perf_counter()
         result = fit_scan(scan.points, None, body=body_name, units="m", up=body.up_axis)
         seconds.append(time.perf_counter() - start)
-        descent.append(np.linalg.norm(result.lvd_vertices_input - scan.vertices_gt[ids], axis=1) * 1000)
+        descent.append(np.linalg.norm(result.lvd_vertices_input - scan.vertices_gt[result.lvd_vertex_ids], axis=1) * 1000)
         fitted.append(np.linalg.norm(result.vertices_input - scan.vertices_gt, axis=1) * 1000)
     d, f = np.concatenate(descent), np.stack(fitted)
     per_scan = f.mean(1)

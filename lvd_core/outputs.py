@@ -104,6 +104,7 @@ def write_result(
         input_from_model=result.input_from_model,
         vertices_input=result.vertices_input,
         lvd_vertices_input=result.lvd_vertices_input,
+        lvd_vertex_ids=result.lvd_vertex_ids,
         faces=body.faces,
         residual_mm=result.residual_mm,
         body_model=result.body_name,

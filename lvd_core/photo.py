@@ -127,6 +127,7 @@ def fit_crop(
         input_from_model=input_from_model,
         vertices_input=apply_transform(input_from_model, vertices_model),
         lvd_vertices_input=predicted,
+        lvd_vertex_ids=vertex_ids.cpu().numpy(),
         residual_mm=float(1000 * fit.residuals[0].mean()),  # model metres of a neutral-height body
         units="unitless",
         timings=timings,

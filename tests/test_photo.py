@@ -45,7 +45,7 @@ def test_photo_frame_round_trip_and_scale(render):
 def test_silhouette_of_the_true_body_matches_the_render_mask(render):
     photo, crop, frame = render
     truth = frame.from_model(photo.vertices_gt)
-    result = FitResult("anny", photo.params, np.eye(4), truth, truth, 0.0, "unitless")
+    result = FitResult("anny", photo.params, np.eye(4), truth, truth, np.arange(len(truth)), 0.0, "unitless")
     assert silhouette_iou(result, crop.mask) > 0.95  # only the resampled mask's edge pixels differ
 
 

@@ -126,6 +126,29 @@ def test_each_yaw_reading_of_a_hand_comes_back_to_the_scan(monkeypatch, jitter_d
     assert errors.min() < 0.008  # metres; the network's held-out mean is ~4 mm
 
 
+def test_a_body_read_mirrored_predicts_the_twins_of_the_networks_vertices(clean_scan):
+    """A symmetric body is also read left-right mirrored: the second half of the predicted vertices stands for
+    the twins of the network's vertices. Left unmatched (vertex i for vertex i) they would lie on the wrong
+    side of the body, ~30 cm off; matched to their twins, within the network's error like the first half."""
+    import lvd_core.pipeline as pipeline
+
+    body = load_body_model("anny")
+    twins = body.mirror_twins()
+    network = pipeline.load_network(pipeline.resolve_weights("anny", None), torch.device("cpu"))
+    seen = load_scan((clean_scan.points, None), units="m", kind="body")
+    [prediction], ids = pipeline.predict_vertices(network, [seen], torch.device("cpu"), 10, 1, twins)
+    n = network.vertex_count
+    assert prediction.predicted.shape == (1, 2 * n, 3) and np.array_equal(ids[n:], twins[ids[:n]])
+    errors = np.linalg.norm(prediction.predicted[0] - clean_scan.vertices_gt[ids], axis=1)
+    assert errors[:n].mean() < 0.03 and errors[n:].mean() < 0.03  # metres
+
+
+def test_only_symmetric_bodies_have_mirror_twins():
+    twins = load_body_model("anny").mirror_twins()
+    assert np.array_equal(twins[twins], np.arange(len(twins))) and (twins != np.arange(len(twins))).mean() > 0.9
+    assert load_body_model("anny-hand-right").mirror_twins() is None
+
+
 def test_the_facing_whose_vertices_the_body_model_can_take_is_chosen(monkeypatch):
     """Of several facings, the fit keeps the one whose LVD vertices a body of the model can take. Here one
     facing predicts the true vertices and the others the same points in a scrambled vertex order: all cover
@@ -138,7 +161,7 @@ def test_the_facing_whose_vertices_the_body_model_can_take_is_chosen(monkeypatch
     ids = np.arange(0, body.vertex_count, 3)
     true_facing, angles = 5, np.arange(8) * 45.0
 
-    def predict(network, scans, device, iterations, facings):
+    def predict(network, scans, device, iterations, facings, twins):
         truth = scan.vertices_gt[ids].astype(np.float64)
         predicted = np.stack([truth if f == true_facing else truth[rng.permutation(len(ids))] for f in range(len(angles))])
         return [pipeline.ScanPrediction(predicted, pipeline.scan_frame(scans[0]), angles)], ids
@@ -165,7 +188,7 @@ def test_of_facings_the_model_takes_the_one_on_the_scan_is_kept(monkeypatch):
     truth = scan.vertices_gt[ids].astype(np.float64)
     noisy, beside = truth + rng.normal(0, 0.002, truth.shape), hands[1].vertices_gt[ids] + [0.04, 0.0, 0.0]
 
-    def predict(network, scans, device, iterations, facings):
+    def predict(network, scans, device, iterations, facings, twins):
         predicted = np.stack([noisy if f == true_facing else beside if f == beside_facing else truth[rng.permutation(len(ids))]
                               for f in range(len(angles))])  # fmt: skip
         return [pipeline.ScanPrediction(predicted, pipeline.scan_frame(scans[0]), angles)], ids

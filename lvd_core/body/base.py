@@ -267,6 +267,15 @@ class BodyModel(torch.nn.Module):
         vertices = linear_blend_skinning(rest_v, weights, transforms)
         return BodyOutput(vertices=vertices, joints=joints, joint_rotations=rot)
 
+    def mirror_twins(self, tolerance: float = 1e-3) -> np.ndarray | None:
+        """(V,) int64: each vertex's left-right twin (its rest position with x negated), or None when the rest
+        mesh is not symmetric about x = 0 within `tolerance` metres (a single hand)."""
+        from scipy.spatial import cKDTree
+
+        rest = self(self.zero_params(1)).vertices[0].detach().cpu().double().numpy()
+        distance, twins = cKDTree(rest).query(rest * [-1.0, 1.0, 1.0], k=1)
+        return twins.astype(np.int64) if distance.max() <= tolerance else None
+
     def descendants(self, joint: int) -> list[int]:
         """`joint` and every joint below it in the tree."""
         out = [joint]
