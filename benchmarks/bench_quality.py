@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/bench_quality.py [--n 16] [--hand-n 48]  -> benchmarks/results_quality.md
 
 - Held-out synthetic set (the fixed validation seed, never trained on): mean and 90th-percentile vertex error
-  of the network's vertex subset after the descent, and of all vertices after the fit, for clothed scans
+  of the LVD targets after the descent (the network's vertex subset; bodies: and its mirror twins), and of all vertices after the fit, for clothed scans
   (default realism: clothes, skirts, hair, holes, noise, outliers), holey scans (many large holes, no
   clothes), and hand scans (objects in the hand, wrist cuts).
 - Real inputs in ../shared/data: distance from each scan point to the fitted body (median, 90th percentile,
@@ -108,7 +108,7 @@ def main() -> None:
         "",
         "Held-out synthetic scans (fixed validation seed), vertex error in mm, mean / 90th percentile:",
         "",
-        "| set | scans | after descent (network's vertex subset) | after fit + surface refinement (all vertices) "
+        "| set | scans | after descent (the LVD targets: the network's vertex subset, and for bodies its mirror twins too) | after fit + surface refinement (all vertices) "
         "| after fit: rest of the body / hands (mean) | per-scan mean: median (range) | scans over 100 mm | time per fit |",
         "|---|---|---|---|---|---|---|---|",
     ]
