@@ -52,6 +52,7 @@ class FitOutcome:
     quality: str  # the result's quality_label(short=True): "12.3 mm" for scans, "IoU 0.852" for photos
     seconds: float
     note: str = ""  # e.g. the CUDA -> CPU fallback
+    doubtful: bool = False  # the result's `doubtful`: the network likely misread the pose
 
 
 # -- main thread: inputs ----------------------------------------------------------------------------------
@@ -150,7 +151,8 @@ def _outcome(result, inputs: dict, settings: FitSettings, seconds: float) -> Fit
         untranslate = np.eye(4)
         untranslate[:3, 3] = -description["fit_transform"][:3, 3]
         frame = inputs["placement"] @ description["model_to_zup"] @ untranslate
-    return FitOutcome(description, frame, float(result.residual_mm), result.quality_label(short=True), seconds)
+    return FitOutcome(description, frame, float(result.residual_mm), result.quality_label(short=True), seconds,
+                      doubtful=getattr(result, "doubtful", False))  # fmt: skip
 
 
 def fits_per_group(settings: FitSettings, count: int) -> int:
@@ -179,6 +181,7 @@ class FitRun:
         self.failures = list(skipped)  # "name (why)"
         self.characters: list = []
         self.notes: list[str] = []
+        self.doubtful: list[str] = []  # labels of the fits to check
         self.cancelled = False
 
     def handle(self, messages, context) -> bool:
@@ -210,6 +213,8 @@ class FitRun:
         self.characters.append(armature_obj)
         status = context.window_manager.lvd_progress
         status.last_seconds, status.last_quality = outcome.seconds, outcome.quality
+        if outcome.doubtful:
+            self.doubtful.append(label)
         if outcome.note and outcome.note not in self.notes:
             self.notes.append(outcome.note)
 
@@ -220,4 +225,6 @@ class FitRun:
             parts.append("cancelled")
         if self.failures:
             parts.append("skipped " + "; ".join(self.failures))
+        if self.doubtful:
+            parts.append("check " + ", ".join(self.doubtful) + " (the network may have misread the pose)")
         return ", ".join(parts + self.notes)

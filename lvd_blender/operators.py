@@ -115,7 +115,7 @@ class LVD_OT_fit(bpy.types.Operator):
         if not run.characters:
             self.report({"ERROR"}, summary)
             return {"CANCELLED"}  # nothing was built: no undo step
-        self.report({"WARNING"} if run.failures or run.notes else {"INFO"}, summary)
+        self.report({"WARNING"} if run.failures or run.notes or run.doubtful else {"INFO"}, summary)
         return {"FINISHED"}
 
 

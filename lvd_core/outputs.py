@@ -62,6 +62,9 @@ def params_summary(result: FitResult, body: BodyModel) -> dict:
         "scale": float(arrays["scale"][0, 0]),
         "input_from_model": result.input_from_model.tolist(),
         "residual_mm": result.residual_mm,
+        # the network's vertices against the fitted body (lvd_core.pipeline.DOUBT_SHARE); photos: null, false
+        "disagreement_mm": None if np.isnan(result.disagreement_mm) else result.disagreement_mm,
+        "doubtful": result.doubtful,
         "facing_deg": result.facing_deg,
         "batch_size": result.batch_size,  # scans fitted together; the timings are then the whole batch's
         "timings": result.timings,

@@ -58,6 +58,12 @@ YAW_JITTER_DEG = {"hand": (-10.0, 0.0, 10.0)}
 # scans (the session-7 network), mean vertex error after the fit 46.3 -> 45.5 mm: the 40 of structured pose
 # families 31.1 -> 29.6, the 8 of random joint angles 177 -> 182; 2x the LVD time (+0.4 s a scan on the CPU).
 MIRROR = np.diag([-1.0, 1.0, 1.0])
+# A fit is doubtful when the network's vertices lie, at the median, farther than this share of the model's size
+# (DOUBT_SHARE * neutral_size: 28 mm on Anny's 1.63 m body, 2.8 mm on its 0.17 m hand) from the fitted body: the
+# network then put whole parts on the wrong limbs, which the fit cannot follow. Measured (session-8 networks) on
+# 48 held-out clothed body scans: the 5 fits over 100 mm mean vertex error (all random joint angles) lie at
+# 34-54 mm, the 43 others at 10-24 mm; on 24 held-out hands: the 2 over 10 mm at 3.2-3.3 mm, the others 1.2-2.6.
+DOUBT_SHARE = 0.017
 
 
 class FitCancelled(Exception):
@@ -85,12 +91,20 @@ class FitResult:
     timings: dict = field(default_factory=dict)
     facing_deg: float = 0.0
     batch_size: int = 1  # scans fitted together (fit_scans); the timings are then the whole batch's
+    # Median distance from the network's vertices to the fitted body's, mm in the model frame (like residual_mm),
+    # and whether it is past DOUBT_SHARE of the model's size: the network misread the pose, check the fit.
+    disagreement_mm: float = float("nan")
+    doubtful: bool = False
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
         if short:
-            return f"{self.residual_mm:.1f} mm"
-        return f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
+            return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful else "")
+        label = f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
+        if self.doubtful:
+            label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body, "
+                      "as when it misreads an unusual pose: check the fit")  # fmt: skip
+        return label
 
 
 class StageTimer:
@@ -159,14 +173,20 @@ def model_frame(scan: Scan, body: BodyModel, canonical: NormalizedFrame) -> tupl
     metres = canonical.metres_per_canonical
     fit_scale = metres is None
     if fit_scale:  # unitless: size it like the neutral model, the fit's scale finds the rest
-        rest = body(body.zero_params(1)).vertices[0].detach().cpu().numpy()
-        extent = rest.max(0) - rest.min(0)
-        metres = float(extent.max() if body_kind(body) == "hand" else extent["xyz".index(body.up_axis)])
+        metres = neutral_size(body)
     to_model_up = QUARTER_TURNS[("z", body.up_axis)]
     matrix = np.eye(4)
     matrix[:3, :3] = metres * to_model_up @ (canonical.scale * canonical.rotation)
     matrix[:3, 3] = metres * to_model_up @ canonical.translation
     return matrix, fit_scale
+
+
+def neutral_size(body: BodyModel) -> float:
+    """Metres: the neutral model's height (hands: its largest extent)."""
+    with torch.no_grad():
+        rest = body(body.zero_params(1)).vertices[0].cpu().numpy()
+    extent = rest.max(0) - rest.min(0)
+    return float(extent.max() if body_kind(body) == "hand" else extent["xyz".index(body.up_axis)])
 
 
 def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -332,8 +352,9 @@ def fit_scans(
         lap("refine")
     fits = {i: placed[i].choose(candidates[i]) for i in order}
     report_progress(progress, 1.0, "done", cancel)
+    doubt_mm = 1000 * DOUBT_SHARE * neutral_size(model)
     for i in order:
-        results[i] = placed[i].result(model, fits[i], dict(lap.timings), len(order))
+        results[i] = placed[i].result(model, fits[i], dict(lap.timings), len(order), doubt_mm)
     return results
 
 
@@ -370,9 +391,10 @@ class _ScanInModel:
     def surface_sample(self) -> torch.Tensor:
         return torch.as_tensor(self.points[self.sample], dtype=self.dtype, device=self.device)
 
-    def result(self, model: BodyModel, fit, timings: dict, batch_size: int) -> FitResult:
+    def result(self, model: BodyModel, fit, timings: dict, batch_size: int, doubt_mm: float) -> FitResult:
         input_from_model = np.linalg.inv(self.to_model)
         vertices_model = fit.vertices[0].detach().cpu().double().numpy()
+        disagreement_mm = 1000 * float(fit.residuals[0].median())
         return FitResult(
             body_name=model.name,
             params=fit.params.to(device="cpu"),
@@ -386,6 +408,8 @@ class _ScanInModel:
             timings=timings,
             facing_deg=float(self.prediction.angles_deg[self.best]),
             batch_size=batch_size,
+            disagreement_mm=disagreement_mm,
+            doubtful=disagreement_mm > doubt_mm,
         )
 
 

@@ -34,6 +34,7 @@ class FakePipeline:
         self.devices = []
         self.calls = 0
         self.batches = []  # the sizes of fit_scans' batches
+        self.doubtful = False  # whether the results say the network misread the pose
 
     def result(self, centre):
         body = load_body_model("anny-hand")
@@ -42,8 +43,8 @@ class FakePipeline:
         input_from_model[:3, 3] = centre
         vertices = body(params).vertices[0].double().numpy() + centre
         return SimpleNamespace(body_name="anny-hand-right", params=params, input_from_model=input_from_model,
-                               vertices_input=vertices, residual_mm=2.5, timings={"total": 0.1},
-                               quality_label=lambda short=False: "2.5 mm")  # fmt: skip
+                               vertices_input=vertices, residual_mm=2.5, timings={"total": 0.1}, doubtful=self.doubtful,
+                               quality_label=lambda short=False: "2.5 mm" + (", check" if self.doubtful else ""))  # fmt: skip
 
     def fit_scan(self, vertices, faces, *, body, device, progress, cancel, **options):
         self.devices.append(device)
@@ -200,6 +201,15 @@ def test_batch_fit_skips_broken_objects_by_name(pipeline):
     assert sorted(a.name for a in characters()) == ["Hand A LVD", "Hand B LVD"]
     summary = bpy.context.window_manager.lvd_progress.last_summary
     assert "fitted 2 of 4" in summary and "Flat (the scan is degenerate" in summary and "Empty (" in summary
+
+
+def test_doubtful_fits_are_named_in_the_summary(pipeline):
+    pipeline.doubtful = True
+    activate(hand_scan("Hand A", (0, 0, 0)), hand_scan("Hand B", (1, 0, 0)))
+    assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
+    progress = bpy.context.window_manager.lvd_progress
+    assert len(characters()) == 2 and progress.last_quality == "2.5 mm, check"
+    assert "check Hand A, Hand B (the network may have misread the pose)" in progress.last_summary
 
 
 def test_batch_fit_with_a_batch_size_fits_scans_together(pipeline):

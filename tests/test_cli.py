@@ -28,7 +28,7 @@ from lvd_core.rigged_export import bpy_available
 # that misses the body (a wrong facing or scale puts it at 100+ mm) while leaving room for checkpoint updates.
 OVERLAY_BOUND_MM = 60.0
 JSON_KEYS = {"body_model", "units", "frames", "global_orient", "joint_pose", "shape", "translation", "scale",
-             "input_from_model", "residual_mm", "facing_deg", "timings"}  # fmt: skip
+             "input_from_model", "residual_mm", "disagreement_mm", "doubtful", "facing_deg", "timings"}  # fmt: skip
 needs_bpy = pytest.mark.skipif(not bpy_available(), reason="Blender's bpy is not importable")
 
 

@@ -231,6 +231,32 @@ def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
 
 
 # -- the real sample inputs (../shared/data; skipped without it) ---------------------------------------------
+def test_a_fit_the_network_misread_is_doubtful(monkeypatch):
+    """When the network puts vertices on the wrong parts (here half of them moved to other vertices' places,
+    all still on the scan), no hand of the model takes them: the fit says it is doubtful and why. The same scan
+    read to about 1.5 mm (what the hand network does) is not."""
+    import lvd_core.pipeline as pipeline
+
+    body = load_body_model("anny-hand-right")
+    rng = np.random.default_rng(3)
+    scan = make_scan(body, sample_params(body, rng, 1, BodySampling(families=("open",))), rng, realism=ScanRealism.clean(points=8000))
+    ids = np.arange(0, body.vertex_count, 3)
+    truth = scan.vertices_gt[ids].astype(np.float64)
+    misread = truth.copy()
+    half = rng.choice(len(ids), len(ids) // 2, replace=False)
+    misread[half] = truth[rng.permutation(half)]
+    results = {}
+    for name, predicted in (("read", truth + rng.normal(0, 0.001, truth.shape)), ("misread", misread)):
+        def predict(network, scans, device, iterations, facings, twins, predicted=predicted):
+            return [pipeline.ScanPrediction(predicted[None], pipeline.scan_frame(scans[0]), np.zeros(1))], ids
+
+        monkeypatch.setattr(pipeline, "predict_vertices", predict)
+        results[name] = fit_scan(scan.points, None, body="anny-hand-right", units="m", facings=1)
+    assert not results["read"].doubtful and results["read"].disagreement_mm < 2
+    assert results["misread"].doubtful and results["misread"].quality_label(short=True).endswith(", check")
+    assert "doubtful: the network's vertices lie" in results["misread"].quality_label()
+
+
 def _scan_to_body_mm(result, path, kind):
     from scipy.spatial import cKDTree
 
@@ -247,6 +273,7 @@ def test_real_body_scan_end_to_end(shared_data):
     assert result.units == "cm"
     median_cm, p90_cm = _scan_to_body_mm(result, path, "body")
     assert median_cm * 10 < 20 and p90_cm * 10 < 50
+    assert not result.doubtful  # its LVD vertices lie 21 mm (median) from the body, the bound is 28
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
