@@ -51,19 +51,23 @@ def synthetic_rows(body_name: str, realism: ScanRealism, label: str, n: int) -> 
     body = load_body_model(body_name)
     hands = hand_vertices(body)
     scans = held_out_set(body_name, n, realism=realism, sampling=BodySampling(yaw_range_deg=30))
-    descent, fitted, seconds = [], [], []
+    descent, fitted, seconds, doubtful = [], [], [], []
     for scan in scans:
         start = time.perf_counter()
         result = fit_scan(scan.points, None, body=body_name, units="m", up=body.up_axis)
         seconds.append(time.perf_counter() - start)
+        doubtful.append(result.doubtful)
         descent.append(np.linalg.norm(result.lvd_vertices_input - scan.vertices_gt[result.lvd_vertex_ids], axis=1) * 1000)
         fitted.append(np.linalg.norm(result.vertices_input - scan.vertices_gt, axis=1) * 1000)
     d, f = np.concatenate(descent), np.stack(fitted)
     per_scan = f.mean(1)
     digits = 0 if hands.any() else 1  # hands (a 4 mm aim) to a tenth of a millimetre
     rest = f"{f[:, ~hands].mean():.0f} / {f[:, hands].mean():.0f}" if hands.any() else "-"
+    marked = np.array(doubtful)
+    span = lambda e: f"{e.min():.{digits}f}-{e.max():.{digits}f}" if len(e) else "-"  # noqa: E731
     return (f"| {label} | {len(scans)} | {percentiles(d, digits)} | {percentiles(f.ravel(), digits)} | {rest} | "
-            f"{np.median(per_scan):.{digits}f} ({per_scan.min():.{digits}f}-{per_scan.max():.{digits}f}) | {(per_scan > 100).sum()} | {np.mean(seconds):.1f} s |")  # fmt: skip
+            f"{np.median(per_scan):.{digits}f} ({span(per_scan)}) | {(per_scan > 100).sum()} | "
+            f"{marked.sum()} ({span(per_scan[marked])}; others {span(per_scan[~marked])}) | {np.mean(seconds):.1f} s |")  # fmt: skip
 
 
 def real_rows() -> list[str]:
@@ -76,7 +80,7 @@ def real_rows() -> list[str]:
     for relative, body in cases:
         path = SHARED / relative
         if not path.exists():
-            rows.append(f"| {relative} | (not found) | | |")
+            rows.append(f"| {relative} | (not found) | | | |")
             continue
         start = time.perf_counter()
         result = fit_scan(path, body=body)
@@ -88,7 +92,7 @@ def real_rows() -> list[str]:
             mm_per_unit = 1000.0 / np.abs(np.linalg.det(result.input_from_model[:3, :3])) ** (1 / 3)
         rows.append(
             f"| {relative} ({body}, {result.units}) | {np.median(distance) * mm_per_unit:.1f} | "
-            f"{np.percentile(distance, 90) * mm_per_unit:.1f} | {seconds:.1f} s |"
+            f"{np.percentile(distance, 90) * mm_per_unit:.1f} | {'yes' if result.doubtful else 'no'} ({result.disagreement_mm:.1f} mm) | {seconds:.1f} s |"
         )
     return rows
 
@@ -109,8 +113,9 @@ def main() -> None:
         "Held-out synthetic scans (fixed validation seed), vertex error in mm, mean / 90th percentile:",
         "",
         "| set | scans | after descent (the LVD targets: the network's vertex subset, and for bodies its mirror twins too) | after fit + surface refinement (all vertices) "
-        "| after fit: rest of the body / hands (mean) | per-scan mean: median (range) | scans over 100 mm | time per fit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| after fit: rest of the body / hands (mean) | per-scan mean: median (range) | scans over 100 mm "
+        "| marked doubtful (their per-scan means; the others') | time per fit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines.append(synthetic_rows("anny", ScanRealism(), "Anny body, clothed (default realism)", n))
     lines.append(synthetic_rows("anny", HOLEY, "Anny body, holey (4-8 large holes, no clothes)", n))
@@ -118,10 +123,11 @@ def main() -> None:
         lines.append(synthetic_rows("anny-hand-right", ScanRealism(), "Anny hand (objects, wrist cuts)", args.hand_n))
     lines += [
         "",
-        "Real inputs (../shared/data): distance from each scan point to the fitted body, mm:",
+        "Real inputs (../shared/data): distance from each scan point to the fitted body, mm; whether the fit is marked",
+        "doubtful (the network's vertices' median distance to the fitted body, mm, against lvd_core.pipeline.DOUBT_SHARE):",
         "",
-        "| input | median | 90th percentile | time |",
-        "|---|---|---|---|",
+        "| input | median | 90th percentile | doubtful | time |",
+        "|---|---|---|---|---|",
         *real_rows(),
         "",
     ]

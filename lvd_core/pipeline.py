@@ -62,7 +62,8 @@ MIRROR = np.diag([-1.0, 1.0, 1.0])
 # (DOUBT_SHARE * neutral_size: 28 mm on Anny's 1.63 m body, 2.8 mm on its 0.17 m hand) from the fitted body: the
 # network then put whole parts on the wrong limbs, which the fit cannot follow. Measured (session-8 networks) on
 # 48 held-out clothed body scans: the 5 fits over 100 mm mean vertex error (all random joint angles) lie at
-# 34-54 mm, the 43 others at 10-24 mm; on 24 held-out hands: the 2 over 10 mm at 3.2-3.3 mm, the others 1.2-2.6.
+# 34-54 mm, the 43 others at 10-24 mm; on 24 held-out hands: the 3 worst (7.2-16 mm) at 3.2-3.3 mm, the others
+# (0.8-6.4 mm) at 1.2-2.6.
 DOUBT_SHARE = 0.017
 
 
