@@ -331,7 +331,7 @@ def fit_scans(
     predictions, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, facings or (4 if kind == "hand" else 1), twins)
     if mirrored:  # back to the scan's side; the fit uses the unmirrored scan's canonical frame
         for i, prediction in zip(order, predictions):
-            prediction.predicted = prediction.predicted * [-1.0, 1.0, 1.0]
+            prediction.predicted = prediction.predicted @ MIRROR
             prediction.canonical = scan_frame(scans[i])
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
@@ -434,8 +434,7 @@ def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -
 
 
 def _mirror_x(scan: Scan) -> Scan:
-    flip = np.array([-1.0, 1.0, 1.0])
-    return replace(scan, vertices=scan.vertices * flip, points=(scan.points * flip).astype(np.float32))
+    return replace(scan, vertices=scan.vertices @ MIRROR, points=(scan.points @ MIRROR).astype(np.float32))
 
 
 def held_extremities(body: BodyModel) -> dict:
