@@ -27,11 +27,13 @@ def build_character(
     shape_as_keys: bool = False,
     frame_matrix: np.ndarray | None = None,
     residual_mm: float | None = None,
+    doubtful: bool = False,
 ) -> tuple[bpy.types.Object, bpy.types.Object]:
     """Armature and mesh objects of the character in a new collection `name` (inside `collection`, default
     the scene's). `frame_matrix` (4, 4) maps the model's fitted frame to world space (units, rotation,
     location); None places the model upright at the origin. With `shape_as_keys` the shape is shape keys over
-    the model's neutral mesh instead of being baked into the rest mesh."""
+    the model's neutral mesh instead of being baked into the rest mesh. residual_mm and doubtful (the fit's
+    quality, lvd_core.pipeline.FitResult) are stored on the armature."""
     parent_collection = collection or bpy.context.scene.collection
     character_collection = bpy.data.collections.new(name)
     parent_collection.children.link(character_collection)
@@ -48,7 +50,7 @@ def build_character(
     modifier.object = armature_obj
     modifier.use_deform_preserve_volume = False  # the models are linear blend skinned
 
-    _store_fit(armature_obj, description, residual_mm)
+    _store_fit(armature_obj, description, residual_mm, doubtful)
     return armature_obj, mesh_obj
 
 
@@ -125,10 +127,11 @@ def _add_shape_key(mesh_obj, name: str, positions: np.ndarray, value: float) -> 
     key.value = value
 
 
-def _store_fit(armature_obj, description: dict, residual_mm: float | None) -> None:
+def _store_fit(armature_obj, description: dict, residual_mm: float | None, doubtful: bool) -> None:
     """The fit on the armature as custom properties: JSON of every parameter plus a few readable fields."""
     armature_obj["lvd_fit"] = json.dumps({"body_model": description["body_name"], **description["params"]})
     armature_obj["lvd_body_model"] = description["body_name"]
     armature_obj["lvd_shape"] = dict(zip(description["shape_names"], description["shape_values"]))
     if residual_mm is not None:
         armature_obj["lvd_residual_mm"] = float(residual_mm)
+        armature_obj["lvd_doubtful"] = bool(doubtful)  # the network likely misread the pose: check the fit

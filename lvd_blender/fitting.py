@@ -209,6 +209,7 @@ class FitRun:
             shape_as_keys=self.settings.shape_as_keys,
             frame_matrix=outcome.frame_matrix,
             residual_mm=outcome.residual_mm,
+            doubtful=outcome.doubtful,
         )
         self.characters.append(armature_obj)
         status = context.window_manager.lvd_progress

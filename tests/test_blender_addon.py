@@ -183,6 +183,7 @@ def test_fit_builds_the_character_on_the_scan(pipeline):
     [body_mesh] = armature.children
     assert armature.name == "Scan LVD" and armature.users_collection[0].name == "Scan LVD"
     assert armature["lvd_body_model"] == "anny-hand-right" and armature["lvd_residual_mm"] == 2.5
+    assert not armature["lvd_doubtful"]
     expected = pipeline.result(np.zeros(3)).vertices_input  # seed 0 = the first fit, here at the origin
     centre = np.array(blender_support.evaluated_world_vertices(scan)).mean(0)
     error = np.abs(blender_support.evaluated_world_vertices(body_mesh) - (expected + centre)).max()
@@ -209,6 +210,7 @@ def test_doubtful_fits_are_named_in_the_summary(pipeline):
     assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
     progress = bpy.context.window_manager.lvd_progress
     assert len(characters()) == 2 and progress.last_quality == "2.5 mm, check"
+    assert all(armature["lvd_doubtful"] for armature in characters())
     assert "check Hand A, Hand B (the network may have misread the pose)" in progress.last_summary
 
 
