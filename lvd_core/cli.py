@@ -167,6 +167,7 @@ class Outcome:
     message: str = ""
     quality: str = ""  # the result's quality_label()
     quality_cell: str = "-"  # the same, short
+    doubtful: bool = False  # the result's: the network likely misread the pose
     timings: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
 
@@ -245,7 +246,7 @@ def fit_quietly(source: Path, stem: str, settings: FitSettings, debug: bool = Fa
 def fitted_outcome(source: Path, result, paths: dict, seconds: float) -> Outcome:
     return Outcome(str(source), "fitted", result.residual_mm, seconds, timings=result.timings,
                    paths={kind: str(path) for kind, path in paths.items()}, quality=result.quality_label(),
-                   quality_cell=result.quality_label(short=True))  # fmt: skip
+                   quality_cell=result.quality_label(short=True), doubtful=result.doubtful)  # fmt: skip
 
 
 def fit_together(todo: list[tuple[int, Path, str]], settings: FitSettings, debug: bool = False) -> list[tuple[int, Outcome]]:
@@ -368,7 +369,9 @@ def run_batch(args) -> int:
     print(summary_table([outcomes[index] for index in range(len(inputs))]))
     failed = sum(outcome.status == "failed" for outcome in outcomes.values())
     fitted = sum(outcome.status == "fitted" for outcome in outcomes.values())
-    print(f"fitted {fitted}, skipped {len(inputs) - fitted - failed} (already done), failed {failed}; outputs in {settings.out}")
+    doubtful = sum(outcome.doubtful for outcome in outcomes.values())
+    check = f" ({doubtful} marked doubtful, \", check\" above: the network may have misread the pose)" if doubtful else ""
+    print(f"fitted {fitted}{check}, skipped {len(inputs) - fitted - failed} (already done), failed {failed}; outputs in {settings.out}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

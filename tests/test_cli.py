@@ -161,6 +161,18 @@ def test_batch_skips_bad_files_and_resumes(tmp_path, parallel):
     assert {path: path.stat().st_mtime_ns for path in out.glob("*.json")} == finished
 
 
+def test_batch_counts_the_fits_marked_doubtful(tmp_path, monkeypatch):
+    import lvd_core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DOUBT_SHARE", 0.0)  # every fit's network vertices lie off its body a little
+    inputs, out = tmp_path / "scans", tmp_path / "out"
+    inputs.mkdir()
+    write_sample_copy(inputs / "sample.ply", 1.0, "z")
+    code, stdout, _ = run(["batch", str(inputs), "--out", str(out), "--no-refine", "--no-export", "--workers", "1"])
+    assert code == 0 and "mm, check" in stdout
+    assert "fitted 1 (1 marked doubtful" in stdout and json.loads((out / "sample.json").read_text())["doubtful"]
+
+
 def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path):
     from PIL import Image
 
