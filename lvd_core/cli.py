@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=positive_int, help="scans per step")
     train.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3); resumed runs keep their recipe but take this")
     train.add_argument("--subset", type=positive_int, help="vertices the network predicts")
+    train.add_argument("--size", choices=("compact", "large"),
+                       help="network of a new run (default: compact, the shipped one; large: 4x the parameters and a 64^3 grid, for a GPU)")
+    train.add_argument("--workers", type=int, metavar="N", help="data worker processes building the synthetic scans (default: 1)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.set_defaults(run=run_train)
     return parser
@@ -480,9 +483,10 @@ def run_train(args) -> int:
 
 
 def train_config(args):
-    from .train import TrainConfig
+    from .train import NETWORK_SIZES, TrainConfig
 
-    given = dict(steps=args.steps, minutes=args.minutes, lr=args.lr, batch=args.batch, subset=args.subset, body_path=args.model_file)
+    given = dict(steps=args.steps, minutes=args.minutes, lr=args.lr, batch=args.batch, subset=args.subset, body_path=args.model_file,
+                 workers=args.workers, network=NETWORK_SIZES[args.size] if args.size else None)  # fmt: skip
     out = args.out or Path("out") / f"train-{args.body}"
     return TrainConfig(body=args.body, out=str(out), device=args.device, threads=args.threads, **{k: v for k, v in given.items() if v is not None})
 

@@ -24,7 +24,7 @@ from .descent import descend
 from .devices import pick_device
 from .fit import FitOptions, fit_to_vertices, refine_to_surface
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
-from .inputs.grids import COMPACT_BODY, PAPER_BODY, PAPER_HAND
+from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
 from .nets.compact import CompactScanLVD
 from .synth.poses import relaxed_finger_pose
@@ -235,7 +235,8 @@ def predict_vertices(
         canonicals = [frame.to_canonical(scan.points.astype(np.float64)) for frame, scan in zip(frames, scans)]
         # Mirrored last, in the network's frame, where x is left-right whatever the facing hypothesis.
         turns = [r @ j @ m for m in readings for r in rotations for j in jitters]
-        grids = np.stack([COMPACT_BODY.grid(c @ t) for c in canonicals for t in turns])  # the scan turned by t^-1
+        preset = compact_grid(network.resolution, network.box_half_size)
+        grids = np.stack([preset.grid(c @ t) for c in canonicals for t in turns])  # the scan turned by t^-1
         network_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
         vertex_ids = network_ids if twins is None else np.concatenate([network_ids, twins[network_ids]])
         start = network.template[None].expand(len(grids), -1, -1)

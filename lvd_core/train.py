@@ -22,6 +22,7 @@ when `minutes` is given, at that wall time (whichever comes first): a time-boxed
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +37,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .descent import descend
 from .devices import pick_device
 from .inputs.frame import NormalizedFrame
-from .inputs.grids import COMPACT_BODY
+from .inputs.grids import GridPreset, compact_grid
 from .inputs.scan import load_scan
 from .nets.compact import CompactScanLVD
 from .synth.dataset import BodySampling, SyntheticScans, held_out_set
@@ -66,6 +67,13 @@ class TrainConfig:
     device: str = "auto"
     network: dict = field(default_factory=dict)  # CompactScanLVD keyword overrides
 
+
+# `lvd train --size`: CompactScanLVD keyword overrides of a new run. "large" is for a GPU: 3.2 M parameters (the
+# compact one's 0.76 M), a 64^3 grid (0.2 s a scan to build on one core: give it data workers). Not yet trained.
+NETWORK_SIZES = {
+    "compact": {},
+    "large": dict(resolution=64, channels=[32, 64, 128, 128], global_width=256, embed_width=128, hidden=512, depth=4),
+}
 
 # What makes a run's data and network: kept from the checkpoint when a run resumes.
 RECIPE_FIELDS = ("body", "body_path", "subset", "batch", "pairs", "clamp", "yaw_range_deg", "seed", "network", "travel_share")
@@ -145,13 +153,21 @@ def canonical_view(scan, body) -> tuple[NormalizedFrame, np.ndarray]:
     return frame, frame.to_canonical(loaded.points.astype(np.float64))
 
 
+def network_grid(config: TrainConfig) -> GridPreset:
+    """The grid the network of config.network reads (its resolution and box; CompactScanLVD's defaults)."""
+    defaults = inspect.signature(CompactScanLVD).parameters
+    size = {name: config.network.get(name, defaults[name].default) for name in ("resolution", "box_half_size")}
+    return compact_grid(**size)
+
+
 def make_example(scan, body, vertex_ids: np.ndarray, template: np.ndarray, config: TrainConfig, rng: np.random.Generator):
     frame, points_c = canonical_view(scan, body)
     gt = frame.to_canonical(scan.vertices_gt[vertex_ids].astype(np.float64)).astype(np.float32)
-    queries, vertex = sample_pairs(rng, gt, template, config.pairs, COMPACT_BODY.box_max, config.travel_share)
+    grid = network_grid(config)
+    queries, vertex = sample_pairs(rng, gt, template, config.pairs, grid.box_max, config.travel_share)
     targets = np.clip(queries - gt[vertex], -config.clamp, config.clamp)
     return (
-        torch.from_numpy(COMPACT_BODY.grid(points_c)),
+        torch.from_numpy(grid.grid(points_c)),
         torch.from_numpy(queries),
         torch.from_numpy(vertex),
         torch.from_numpy(targets.astype(np.float32)),
@@ -173,7 +189,7 @@ def validate(network: CompactScanLVD, config: TrainConfig, vertex_ids: np.ndarra
     with torch.no_grad():
         for scan in scans:
             frame, points_c = canonical_view(scan, body)
-            grid = torch.from_numpy(COMPACT_BODY.grid(points_c))[None]
+            grid = torch.from_numpy(network_grid(config).grid(points_c))[None]
             features = network.encode(grid.to(device))
             result = descend(network, features, torch.from_numpy(template)[None].to(device), iterations=iterations)
             predicted = frame.to_input(result.vertices[0].cpu().double().numpy())
@@ -319,7 +335,7 @@ def write_manifest(checkpoint: Path, quality: dict | None = None, notes: str = "
                          "missing soles/head/side, density variation, noise, outliers; hands: objects, wrist cuts)",
             "poses": "lvd_core.synth.poses families with joint limits", "shapes": "anny SimpleShapeDistribution (adults)",
             "facing_yaw_range_deg": meta.get("yaw_range_deg"), "seed": config.get("seed"),
-            "grid": "lvd_core.inputs.grids.COMPACT_BODY (32^3, 4 clamped distance channels)",
+            "grid": f"lvd_core.inputs.grids.compact_grid ({network.resolution}^3, 4 clamped distance channels)",
             "pairs_per_scan": config.get("pairs"), "clamp": meta.get("clamp"),
             "travel_share": config.get("travel_share", 0.0),
         },

@@ -85,6 +85,29 @@ def test_training_saves_and_resumes_with_the_checkpoints_recipe(tmp_path):
     assert saved["network"] == TINY_NETWORK
 
 
+def test_a_network_of_another_grid_size_trains_and_fits(tmp_path, monkeypatch):
+    """A network's grid follows its settings (here 16^3 over a wider box), in training and at inference."""
+    from lvd_core.nets.compact import CompactScanLVD
+    from lvd_core.pipeline import fit_scan
+    from lvd_core.train import NETWORK_SIZES
+
+    seen = []  # the resolution of every grid the network reads
+    encode = CompactScanLVD.encode
+    monkeypatch.setattr(CompactScanLVD, "encode", lambda self, grids: seen.append(grids.shape[-1]) or encode(self, grids))
+
+    assert NETWORK_SIZES["large"]["resolution"] == 64
+    network_settings = dict(TINY_NETWORK, resolution=16, box_half_size=0.7)
+    config = TrainConfig(body="anny-hand-right", out=str(tmp_path), subset=32, steps=1, batch=1, pairs=64, workers=0,
+                         validate_every=0, network=network_settings)  # fmt: skip
+    checkpoint = train(config, log=lambda message: None)
+    network = load_checkpoint(checkpoint, device="cpu")
+    assert (network.resolution, network.box_half_size) == (16, 0.7)
+    [scan] = held_out_set("anny-hand-right", 1, realism=ScanRealism.clean(points=3000))
+    result = fit_scan(scan.points, None, body="anny-hand-right", weights=checkpoint, units="m", refine=False, facings=1)
+    assert result.vertices_input.shape == (1609, 3) and np.isfinite(result.vertices_input).all()
+    assert len(seen) >= 2 and set(seen) == {16}
+
+
 def test_lvd_train_and_fit_with_a_users_smpl_file(tmp_path):
     """The licensed-model path end to end with a synthetic file in the official format: `lvd train --body smpl
     --model-file ...` writes a checkpoint that `lvd fit --body smpl --model-file ... --weights ...` uses."""

@@ -58,15 +58,17 @@ _PAPER_FACTORS = (100.0, 50.0, 20.0, 20.0, 15.0, 10.0)
 PAPER_BODY = GridPreset(-0.8, 0.8, 128, (0.01, 0.02, 0.05, 0.1, 0.15, 0.2), _PAPER_FACTORS, True, True, 0.1)
 PAPER_HAND = GridPreset(-1.2, 1.2, 128, (0.001, 0.002, 0.01, 0.05, 0.1, 0.5), _PAPER_FACTORS, True, True, 0.1)
 
-# Our compact networks: Z-up, height (hands: largest extent) 1.0, centred bounding box. 32^3 cells of
-# 0.0375; unsquared distance clamped at 0.5, 1, 2 and 4 cells, each scaled to [0, 1]; no raw channel, so
-# the grid is exact and cheap (the KD-tree stops at 4 cells).
-_COMPACT_CELL = 1.2 / 32
-_COMPACT_THRESHOLDS = tuple(cells * _COMPACT_CELL for cells in (0.5, 1, 2, 4))
-COMPACT_BODY = GridPreset(
-    -0.6, 0.6, 32, _COMPACT_THRESHOLDS, tuple(1 / t for t in _COMPACT_THRESHOLDS), False, False, None
-)
-COMPACT_HAND = COMPACT_BODY  # hands are normalised to the same size, so the same grid fits
+def compact_grid(resolution: int = 32, box_half_size: float = 0.6) -> GridPreset:
+    """Our compact networks' grid: Z-up, height (hands: largest extent) 1.0, centred bounding box, resolution^3
+    cells over [-box_half_size, box_half_size]^3; unsquared distance clamped at 0.5, 1, 2 and 4 cells, each
+    scaled to [0, 1]; no raw channel, so the grid is exact and cheap (the KD-tree stops at 4 cells). A network
+    reads the grid of its own `resolution` and `box_half_size` (CompactScanLVD settings)."""
+    cell = 2 * box_half_size / resolution
+    thresholds = tuple(cells * cell for cells in (0.5, 1, 2, 4))
+    return GridPreset(-box_half_size, box_half_size, resolution, thresholds, tuple(1 / t for t in thresholds), False, False, None)
+
+
+COMPACT_BODY = compact_grid()  # 32^3 cells of 0.0375: the shipped networks'
 
 
 def grid_axes(box_min, box_max, resolution: int) -> np.ndarray:
