@@ -60,10 +60,11 @@ YAW_JITTER_DEG = {"hand": (-10.0, 0.0, 10.0)}
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 # A fit is doubtful when the network's vertices lie, at the median, farther than this share of the model's size
 # (DOUBT_SHARE * neutral_size: 28 mm on Anny's 1.63 m body, 2.8 mm on its 0.17 m hand) from the fitted body: the
-# network then put whole parts on the wrong limbs, which the fit cannot follow. Measured (session-8 networks) on
-# 48 held-out clothed body scans: the 5 fits over 100 mm mean vertex error (all random joint angles) lie at
-# 34-54 mm, the 43 others at 10-24 mm; on 24 held-out hands: the 3 worst (7.2-16 mm) at 3.2-3.3 mm, the others
-# (0.8-6.4 mm) at 1.2-2.6.
+# network then put whole parts on the wrong limbs, which the fit cannot follow. Measured on the 48 held-out clothed
+# body scans of `bench_quality.py --n 48`: the 5 fits over 100 mm mean vertex error (all random joint angles) lie
+# at 34-54 mm (session-8 network) / 37-53 mm (step 70,038), the 43 others at 10-24 / 9-21 mm; on 24 held-out hands
+# (session-8 network): the 3 worst (7.2-16 mm) at 3.2-3.3 mm, the others (0.8-6.4 mm) at 1.2-2.6. bench_quality's
+# 48 hands: 7 marked (6-16 mm), the others 0.7-9.7 mm: on hands the mark is looser.
 DOUBT_SHARE = 0.017
 
 

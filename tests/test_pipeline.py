@@ -267,13 +267,13 @@ def _scan_to_body_mm(result, path, kind):
 
 def test_real_body_scan_end_to_end(shared_data):
     """The clothed RenderPeople sample (cm, Y up): the body is found under the clothes. Bound: the issue's aim,
-    a median scan-to-body distance <= 20 mm; the shipped network measures 14.4 mm (p90 29 mm; see the README)."""
+    a median scan-to-body distance <= 20 mm; the shipped network measures 14.2 mm (p90 29 mm; see the README)."""
     path = shared_data / "scans" / "rp_dennis_posed_004_30k.obj"
     result = fit_scan(path)
     assert result.units == "cm"
     median_cm, p90_cm = _scan_to_body_mm(result, path, "body")
     assert median_cm * 10 < 20 and p90_cm * 10 < 50
-    assert not result.doubtful  # its LVD vertices lie 21 mm (median) from the body, the bound is 28
+    assert not result.doubtful  # its LVD vertices lie 21-22 mm (median) from the body, the bound is 28
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
