@@ -152,7 +152,7 @@ def _outcome(result, inputs: dict, settings: FitSettings, seconds: float) -> Fit
         untranslate[:3, 3] = -description["fit_transform"][:3, 3]
         frame = inputs["placement"] @ description["model_to_zup"] @ untranslate
     return FitOutcome(description, frame, float(result.residual_mm), result.quality_label(short=True), seconds,
-                      doubtful=getattr(result, "doubtful", False))  # fmt: skip
+                      doubtful=result.doubtful)  # fmt: skip
 
 
 def fits_per_group(settings: FitSettings, count: int) -> int:

@@ -486,7 +486,7 @@ def train_config(args):
     from .train import NETWORK_SIZES, TrainConfig
 
     given = dict(steps=args.steps, minutes=args.minutes, lr=args.lr, batch=args.batch, subset=args.subset, body_path=args.model_file,
-                 workers=args.workers, network=NETWORK_SIZES[args.size] if args.size else None)  # fmt: skip
+                 workers=args.workers, network=dict(NETWORK_SIZES[args.size]) if args.size else None)  # fmt: skip
     out = args.out or Path("out") / f"train-{args.body}"
     return TrainConfig(body=args.body, out=str(out), device=args.device, threads=args.threads, **{k: v for k, v in given.items() if v is not None})
 

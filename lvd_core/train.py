@@ -186,12 +186,13 @@ def validate(network: CompactScanLVD, config: TrainConfig, vertex_ids: np.ndarra
     scans = held_out_set(config.body, config.validation_size, sampling=BodySampling(yaw_range_deg=config.yaw_range_deg),
                          body_path=config.body_path)  # fmt: skip
     device = next(network.parameters()).device
+    preset = network_grid(config)
     errors = []
     network.eval()
     with torch.no_grad():
         for scan in scans:
             frame, points_c = canonical_view(scan, body)
-            grid = torch.from_numpy(network_grid(config).grid(points_c))[None]
+            grid = torch.from_numpy(preset.grid(points_c))[None]
             features = network.encode(grid.to(device))
             result = descend(network, features, torch.from_numpy(template)[None].to(device), iterations=iterations)
             predicted = frame.to_input(result.vertices[0].cpu().double().numpy())

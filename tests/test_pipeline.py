@@ -230,7 +230,6 @@ def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
     assert result.lvd_vertices_input.shape == (6890, 3) and np.isfinite(result.vertices_input).all()
 
 
-# -- the real sample inputs (../shared/data; skipped without it) ---------------------------------------------
 def test_a_fit_the_network_misread_is_doubtful(monkeypatch):
     """When the network puts vertices on the wrong parts (here half of them moved to other vertices' places,
     all still on the scan), no hand of the model takes them: the fit says it is doubtful and why. The same scan
@@ -257,6 +256,7 @@ def test_a_fit_the_network_misread_is_doubtful(monkeypatch):
     assert "doubtful: the network's vertices lie" in results["misread"].quality_label()
 
 
+# -- the real sample inputs (../shared/data; skipped without it) ---------------------------------------------
 def _scan_to_body_mm(result, path, kind):
     from scipy.spatial import cKDTree
 
