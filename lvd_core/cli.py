@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="network of a new run (default: compact, the shipped one; large: 4x the parameters and a 64^3 grid, for a GPU)")
     train.add_argument("--workers", type=int, metavar="N", help="data worker processes building the synthetic scans (default: 1)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                       help="number format of the network in training steps (default: bfloat16 where the CPU or GPU has it natively)")
     train.set_defaults(run=run_train)
     return parser
 
@@ -488,7 +490,7 @@ def train_config(args):
     given = dict(steps=args.steps, minutes=args.minutes, lr=args.lr, batch=args.batch, subset=args.subset, body_path=args.model_file,
                  workers=args.workers, network=dict(NETWORK_SIZES[args.size]) if args.size else None)  # fmt: skip
     out = args.out or Path("out") / f"train-{args.body}"
-    return TrainConfig(body=args.body, out=str(out), device=args.device, threads=args.threads, **{k: v for k, v in given.items() if v is not None})
+    return TrainConfig(body=args.body, out=str(out), device=args.device, precision=args.precision, threads=args.threads, **{k: v for k, v in given.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -232,13 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=ImageTrainConfig.workers)
     parser.add_argument("--threads", type=int, default=ImageTrainConfig.threads)
     parser.add_argument("--validate-every", type=int, default=ImageTrainConfig.validate_every)
+    parser.add_argument("--precision", default=ImageTrainConfig.precision, choices=("auto", "bf16", "fp32"))
     parser.add_argument("--evaluate", type=Path, metavar="REAL_PHOTOS", default=None,
                         help="instead of training: evaluate the checkpoint in --out (renders, and the img<N>.png + "
                              "img<N>_mask.png photos in this folder) and write its manifest.json")
     parser.add_argument("--notes", default="", help="the manifest's notes (with --evaluate)")
     args = parser.parse_args(argv)
     config = ImageTrainConfig(out=args.out, steps=args.steps, minutes=args.minutes, workers=args.workers,
-                              threads=args.threads, validate_every=args.validate_every)
+                              threads=args.threads, validate_every=args.validate_every, precision=args.precision)
     torch.set_num_threads(config.threads)
     if args.evaluate:
         checkpoint = Path(config.out) / "checkpoint.pt"

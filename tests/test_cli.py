@@ -245,7 +245,9 @@ def test_train_options_become_the_config(tmp_path):
     args = build_parser().parse_args(["train", "--body", "anny-hand-right", "--steps", "50", "--batch", "2", "--out", str(tmp_path)])
     config = train_config(args)
     assert (config.body, config.steps, config.batch, config.out, config.body_path) == ("anny-hand-right", 50, 2, str(tmp_path), None)
-    assert train_config(build_parser().parse_args(["train"])).out == str(Path("out") / "train-anny")
+    default = train_config(build_parser().parse_args(["train"]))
+    assert default.out == str(Path("out") / "train-anny") and default.precision == "auto"
+    assert train_config(build_parser().parse_args(["train", "--precision", "fp32"])).precision == "fp32"
 
 
 def test_console_script_smoke(tmp_path):

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from lvd_core.checkpoints import load_checkpoint
@@ -83,6 +84,38 @@ def test_training_saves_and_resumes_with_the_checkpoints_recipe(tmp_path):
     saved = meta["train_config"]
     assert meta["steps"] == 3 and (saved["subset"], saved["seed"], saved["yaw_range_deg"], saved["pairs"]) == (32, 3, 180.0, 64)
     assert saved["network"] == TINY_NETWORK
+
+
+def test_training_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
+    from lvd_core.devices import training_autocast
+
+    cpu = torch.device("cpu")
+    assert training_autocast(cpu, "fp32") is None and training_autocast(cpu, "bf16") is torch.bfloat16
+    for native in (False, True):
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, probe, lambda: native, raising=False)
+        assert training_autocast(cpu) is (torch.bfloat16 if native else None)
+    with pytest.raises(ValueError, match="expected 'auto', 'bf16' or 'fp32'"):
+        training_autocast(cpu, "fp16")
+
+
+def test_bfloat16_training_keeps_float32_weights_and_the_float32_loss(tmp_path):
+    """Mixed precision computes the network in bfloat16 but stores float32 weights, whose bfloat16 outputs stay
+    within bfloat16's rounding of the float32 ones."""
+    from lvd_core.train import TrainingExamples
+
+    config = TrainConfig(body="anny-hand-right", out=str(tmp_path), subset=32, steps=2, batch=1, pairs=64, workers=0,
+                         validate_every=0, network=TINY_NETWORK, precision="bf16")  # fmt: skip
+    network = load_checkpoint(train(config, log=lambda message: None), device="cpu")
+    assert network.checkpoint_metadata["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in network.parameters())
+    grid, queries, vertex, _ = next(iter(TrainingExamples(config, np.arange(32), network.template.numpy(), start=0)))
+    with torch.no_grad():
+        def offsets(dtype):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                return network.predict_own_offsets(network.encode(grid[None]), queries[None], vertex[None]).float()
+        full, mixed = offsets(None), offsets(torch.bfloat16)
+    assert torch.allclose(mixed, full, atol=0.02 * full.abs().max().item())
 
 
 def test_a_network_of_another_grid_size_trains_and_fits(tmp_path, monkeypatch):
