@@ -348,6 +348,7 @@ def write_manifest(checkpoint: Path, quality: dict | None = None, notes: str = "
         "training": {
             "steps": meta.get("steps"), "batch": config.get("batch"), "lr": config.get("lr"),
             "wall_seconds": meta.get("wall_seconds"), "optimizer": "Adam, lr constant then linear decay to 0",
+            "precision": f"{meta.get('precision', 'fp32')} (last segment; devices.training_autocast)",
             "hardware": f"{platform.processor() or platform.machine()}, {config.get('threads', 1)} trainer thread(s) + "
                         f"{config.get('workers', 1)} data worker(s) per run, on {meta.get('device', 'cpu')} (last segment)",
         },
