@@ -20,13 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lvd_core.devices import training_autocast  # noqa: E402
 from lvd_core.nets.compact import CompactScanLVD  # noqa: E402
-from lvd_core.train import NETWORK_SIZES, TrainConfig, TrainingExamples, build_network  # noqa: E402
+from lvd_core.train import NETWORK_SIZES, TrainConfig, TrainingExamples, build_network, training_step  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results_train.md")
 
 
 def seconds_per_step(network: CompactScanLVD, config: TrainConfig, dtype: torch.dtype | None, steps: int) -> float:
-    """Best wall time of one optimisation step (after one warm-up step)."""
+    """Best wall time of one optimisation step, lvd_core.train.training_step (after one warm-up step)."""
     r = network.resolution
     grids = torch.rand(config.batch, network.settings["in_channels"], r, r, r)
     queries = torch.rand(config.batch, config.pairs, 3) - 0.5
@@ -36,12 +36,7 @@ def seconds_per_step(network: CompactScanLVD, config: TrainConfig, dtype: torch.
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            predicted = network.predict_own_offsets(network.encode(grids), queries, vertex)
-        loss = (predicted.float() - targets).abs().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        training_step(network, optimiser, grids, queries, vertex, targets, dtype)
         times.append(time.perf_counter() - start)
     return min(times[1:])
 

@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="network of a new run (default: compact, the shipped one; large: 4x the parameters and a 64^3 grid, for a GPU)")
     train.add_argument("--workers", type=int, metavar="N", help="data worker processes building the synthetic scans (default: 1)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    # lvd_core.devices.PRECISIONS, spelled out: importing it would load torch for `lvd --help`.
     train.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                        help="number format of the network in training steps (default: bfloat16 where the CPU or GPU has it natively)")
     train.set_defaults(run=run_train)

@@ -34,14 +34,18 @@ def batch_size_for(device: torch.device, requested: int | None = None) -> int:
     return requested or (GPU_BATCH if device.type == "cuda" else 1)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")  # the choices of training_autocast
+
+
 def training_autocast(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The dtype training steps compute their network in (torch.autocast; weights, optimiser and loss stay
     float32), or None for plain float32.
 
     'auto': bfloat16 where the hardware does it natively (CUDA GPUs that support it; CPUs with AVX-512 BF16 or
     AMX), float32 elsewhere, where emulated bfloat16 would be slower; 'bf16' / 'fp32': that. Measured on this
-    project's CPU (AMD EPYC with AVX-512 BF16, 1 thread): a compact scan network's step 0.45 -> 0.25 s."""
-    if precision not in ("auto", "bf16", "fp32"):
+    project's CPU (AMD EPYC with AVX-512 BF16, 1 thread): a compact scan network's step 0.40 -> 0.23 s
+    (benchmarks/results_train.md)."""
+    if precision not in PRECISIONS:
         raise ValueError(f"training precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")
     if precision == "fp32":
         return None

@@ -71,7 +71,7 @@ class TrainConfig:
 
 # `lvd train --size`: CompactScanLVD keyword overrides of a new run. "large" is for a GPU: 3.2 M parameters (the
 # compact one's 0.76 M), a 64^3 grid (0.2 s a scan to build on one core: give it data workers), a 13 MB checkpoint.
-# On this project's CPU (1 thread, beside a training job, float32): 0.14 steps/s (compact: 1.5; 3.0 in bfloat16)
+# On this project's CPU (1 thread, beside a training job, float32): 0.14 steps/s (compact: 1.5; 2.9 in bfloat16)
 # and 2.3 s of LVD a scan (compact: 0.5). Not yet trained.
 NETWORK_SIZES = {
     "compact": {},
@@ -225,6 +225,20 @@ def build_network(config: TrainConfig) -> tuple[CompactScanLVD, np.ndarray]:
     return CompactScanLVD(config.subset, template=template.tolist(), **config.network), vertex_ids
 
 
+def training_step(network, optimiser, inputs: torch.Tensor, queries: torch.Tensor, vertex: torch.Tensor, targets: torch.Tensor,
+                  autocast: torch.dtype | None = None) -> float:  # fmt: skip
+    """One optimisation step of a compact network on a batch (on its device): inputs (B, ...), queries (B, P, 3),
+    vertex ids (B, P), clamped targets (B, P, 3); the network computed in `autocast` (None: float32), the L1
+    loss in float32. Returns the loss."""
+    with torch.autocast(inputs.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        predicted = network.predict_own_offsets(network.encode(inputs), queries, vertex)
+    loss = (predicted.float() - targets).abs().mean()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss.item()
+
+
 def train(config: TrainConfig, log=print) -> Path:
     """Train (or resume) a scan network and return the checkpoint path (see `run_training`)."""
     return run_training(config, build_network, TrainingExamples, validate, "scan", log)
@@ -294,15 +308,10 @@ def run_training(config: TrainConfig, build, examples_class, validator, input_ki
             break
         for group in optimiser.param_groups:
             group["lr"] = config.lr * learning_rate_factor(step, config, seconds)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            features = network.encode(inputs.to(device))
-            predicted = network.predict_own_offsets(features, queries.to(device), vertex.to(device))
-        loss = (predicted.float() - targets.to(device)).abs().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        batch = [t.to(device) for t in (inputs, queries, vertex, targets)]
+        loss = training_step(network, optimiser, *batch, autocast)
         step += 1
-        losses.append(loss.item())
+        losses.append(loss)
         if step % 20 == 0:
             log(_progress(step, config.steps, float(np.mean(losses)), step - first_step, time.time() - started, config.minutes))
             record({"step": step, "loss": float(np.mean(losses)), "seconds": round(wall + time.time() - started, 1)})

@@ -27,6 +27,7 @@ import torch
 from .body import load_body_model
 from .canonical import farthest_point_subset, rest_template
 from .checkpoints import load_checkpoint
+from .devices import PRECISIONS
 from .inputs.image import crop_person, network_image
 from .nets.compact_image import CompactImageLVD, PhotoFrame, photo_template
 from .photo import DESCENT_ITERATIONS, fit_crop, predict_crop, silhouette_iou
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=ImageTrainConfig.workers)
     parser.add_argument("--threads", type=int, default=ImageTrainConfig.threads)
     parser.add_argument("--validate-every", type=int, default=ImageTrainConfig.validate_every)
-    parser.add_argument("--precision", default=ImageTrainConfig.precision, choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--precision", default=ImageTrainConfig.precision, choices=PRECISIONS)
     parser.add_argument("--evaluate", type=Path, metavar="REAL_PHOTOS", default=None,
                         help="instead of training: evaluate the checkpoint in --out (renders, and the img<N>.png + "
                              "img<N>_mask.png photos in this folder) and write its manifest.json")

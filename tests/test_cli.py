@@ -247,7 +247,10 @@ def test_train_options_become_the_config(tmp_path):
     assert (config.body, config.steps, config.batch, config.out, config.body_path) == ("anny-hand-right", 50, 2, str(tmp_path), None)
     default = train_config(build_parser().parse_args(["train"]))
     assert default.out == str(Path("out") / "train-anny") and default.precision == "auto"
-    assert train_config(build_parser().parse_args(["train", "--precision", "fp32"])).precision == "fp32"
+    from lvd_core.devices import PRECISIONS
+
+    for precision in PRECISIONS:  # the CLI spells out the choices: they must stay the same
+        assert train_config(build_parser().parse_args(["train", "--precision", precision])).precision == precision
 
 
 def test_console_script_smoke(tmp_path):

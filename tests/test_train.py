@@ -99,7 +99,7 @@ def test_training_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypat
         training_autocast(cpu, "fp16")
 
 
-def test_bfloat16_training_keeps_float32_weights_and_the_float32_loss(tmp_path):
+def test_bfloat16_training_keeps_float32_weights_and_near_float32_outputs(tmp_path):
     """Mixed precision computes the network in bfloat16 but stores float32 weights, whose bfloat16 outputs stay
     within bfloat16's rounding of the float32 ones."""
     from lvd_core.train import TrainingExamples
