@@ -89,7 +89,7 @@ def resumed_config(config: TrainConfig, saved: dict) -> TrainConfig:
 
 def learning_rate_factor(step: int, config: TrainConfig, elapsed_seconds: float) -> float:
     """1 for the first half of the run, then linear to 0 at its end: progress is the fraction of the steps
-    (from 0) or, when config.minutes is set, the larger of that and the fraction of this session's time."""
+    (from 0) or, when config.minutes is set, the larger of that and the fraction of this run's time."""
     progress = step / config.steps
     if config.minutes:
         progress = max(progress, elapsed_seconds / (60 * config.minutes))
@@ -208,7 +208,7 @@ def validate(network: CompactScanLVD, config: TrainConfig, vertex_ids: np.ndarra
 
 
 def _progress(step: int, total: int, loss: float, steps_done: int, elapsed: float, minutes: float | None = None) -> str:
-    """One progress line: this session ran `steps_done` steps in `elapsed` seconds; the time left is the
+    """One progress line: this run ran `steps_done` steps in `elapsed` seconds; the time left is the
     sooner of the steps left at that rate and the `minutes` deadline."""
     rate = steps_done / max(elapsed, 1e-9)
     left = (total - step) / max(rate, 1e-9)
@@ -268,7 +268,8 @@ def run_training(config: TrainConfig, build, examples_class, validator, input_ki
     template = network.template.cpu().numpy()
     network.to(device).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
-    step, wall = 0, 0.0
+    # Without train_state.pt (not shipped) a run continues from the checkpoint's step with a fresh optimiser.
+    step, wall = int(meta.get("steps", 0)), float(meta.get("wall_seconds", 0.0))
     if state_path.exists() and checkpoint.exists():
         state = torch.load(state_path, weights_only=True, map_location=device)
         optimiser.load_state_dict(state["optimizer"])

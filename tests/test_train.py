@@ -84,6 +84,12 @@ def test_training_saves_and_resumes_with_the_checkpoints_recipe(tmp_path):
     saved = meta["train_config"]
     assert meta["steps"] == 3 and (saved["subset"], saved["seed"], saved["yaw_range_deg"], saved["pairs"]) == (32, 3, 180.0, 64)
     assert saved["network"] == TINY_NETWORK
+    # Shipped weights carry no optimiser state: a run continues from the checkpoint's own step count.
+    (tmp_path / "train_state.pt").unlink()
+    before = load_checkpoint(tmp_path / "checkpoint.pt", device="cpu").state_dict()
+    train(TrainConfig(body="anny-hand-right", out=str(tmp_path), steps=3, workers=0, validate_every=0), log=lambda m: None)
+    after = load_checkpoint(tmp_path / "checkpoint.pt", device="cpu").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # already at step 3: nothing more to train
 
 
 def test_training_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
