@@ -24,14 +24,13 @@ ensure_system_libraries() {
 }
 
 ensure_venv() {
-    if [ -x "$VENV/bin/python" ] && cmp -s requirements.txt "$STAMP" 2>/dev/null; then return 0; fi
+    if [ -x "$VENV/bin/python" ] && cat requirements.txt requirements-nodeps.txt | cmp -s - "$STAMP" 2>/dev/null; then return 0; fi
     ensure_system_libraries
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q -r requirements.txt
-    # anny without its optional warp-lang (392 MB): we skin with anny's dense LBS (see lvd_core/body/anny_model.py).
-    "$VENV/bin/python" -m pip install -q --no-deps anny==0.6.2
+    "$VENV/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
-    cp requirements.txt "$STAMP"
+    cat requirements.txt requirements-nodeps.txt > "$STAMP"
 }
 
 command=${1:-}
@@ -39,5 +38,6 @@ shift || true
 case "$command" in
     demo) ensure_venv; exec "$VENV/bin/lvd" demo "$@" ;;
     test) ensure_venv; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-    *) echo "usage: ./dev.sh demo [--out DIR] | ./dev.sh test [pytest args]" >&2; exit 2 ;;
+    quick) ensure_venv; exec "$VENV/bin/python" -m pytest -q -m "not slow" "$@" ;;  # the loop while editing
+    *) echo "usage: ./dev.sh demo [--out DIR] | ./dev.sh test [pytest args] | ./dev.sh quick [pytest args]" >&2; exit 2 ;;
 esac

@@ -27,9 +27,10 @@ from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
 from .nets.compact import CompactScanLVD
+from .resources import weights_dir
 from .synth.poses import relaxed_finger_pose
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = weights_dir()
 # The checkpoint each shipped body model uses by default (under WEIGHTS_DIR or a user's checkpoint folder).
 DEFAULT_SCAN_WEIGHTS = {
     "anny": "anny-body-scan/checkpoint.pt",

