@@ -5,7 +5,7 @@ import re
 
 import torch
 
-# Scans fitted together on a GPU (`lvd batch`, Blender's Batch fit); not measured on a GPU yet (none was lent).
+# Scans fitted together on a GPU (`lvd batch`, Blender's Batch fit); `--batch-size` and the preferences override it.
 GPU_BATCH = 8
 
 

@@ -10,7 +10,7 @@ Design (measured choices, see README "Benchmarks" and weights/*/manifest.json):
   part and a vertex part (precomputed per vertex), so evaluating the pair (x_v, v) costs one small MLP:
   only vertex v's own output at x_v is ever computed (`predict_own_offsets`); `predict_all_offsets` is the
   naive every-vertex-at-every-point head, kept for tests and the benchmark. A per-vertex last layer held
-  94% of the parameters and learned slowly in a measured CPU experiment (shared/docs/training-facts.md).
+  94% of the parameters and learned several times more slowly on the CPU.
 - **Scans**: a 4-channel 32^3 distance grid over [-0.6, 0.6]^3 of the height-1 canonical frame (built in
   12-14 ms, `lvd_core.inputs.grids.COMPACT_BODY`), a 4-level 3D CNN; every level is sampled trilinearly at
   the query point, plus a global feature (avg + max pooling of the two coarsest levels) that tells the head
