@@ -144,10 +144,10 @@ def install_problem(build: str) -> str:
         return f"Blender is offline: allow Online Access (Preferences > System > Network), or install by hand: {by_hand}"
     if not installer.pip_available():
         return f"Blender's Python has no pip: run {installer.command_line([sys.executable, '-m', 'ensurepip'])}, then install again"
-    if "torch" in sys.modules:
-        return "PyTorch is loaded in this Blender session: restart Blender, then install"
     if build == "CUDA" and not installer.nvidia_gpu_present():
         return "no NVIDIA GPU found (CUDA needs one and its driver): choose the CPU build"
+    if "torch" in sys.modules:
+        return "PyTorch is loaded in this Blender session: restart Blender, then install"
     return ""
 
 
