@@ -64,9 +64,10 @@ def _site_packages_changed(self, context):
     refresh_dependencies(self)
 
 
-def _torch_build_items(self, context):
-    return [(name, name, f"PyTorch's {name} build: {build.size}" + (" (needs an NVIDIA GPU and its driver)" if name == "CUDA" else ""))
-            for name, build in installer.BUILDS.items()]  # fmt: skip
+TORCH_BUILD_ITEMS = [
+    ("CPU", "CPU", f"PyTorch for the processor, works everywhere: {installer.BUILDS['CPU'].size}"),
+    ("CUDA", "CUDA", f"PyTorch for NVIDIA GPUs (needs one and its driver; Windows and Linux): {installer.BUILDS['CUDA'].size}"),
+]
 
 
 class LVD_AddonPreferences(bpy.types.AddonPreferences):
@@ -90,7 +91,7 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
         name="Batch Size", min=0, max=64, default=0,
         description="Scans Batch fit fits together (the descent and the body fit batched, for a GPU); 0: 8 on CUDA, 1 on the CPU",
     )  # fmt: skip
-    torch_build: EnumProperty(name="PyTorch Build", items=_torch_build_items, description="Which PyTorch Install Dependencies installs")
+    torch_build: EnumProperty(name="PyTorch Build", items=TORCH_BUILD_ITEMS, description="Which PyTorch Install Dependencies installs")
     site_packages: StringProperty(
         name="Site-packages Folder", subtype="DIR_PATH", update=_site_packages_changed,
         description="An existing Python 3.11 site-packages folder with PyTorch (installed by hand)",
