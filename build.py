@@ -61,9 +61,18 @@ def requirements() -> list[str]:
     return [line for line in lines if line]
 
 
+def project_name(name: str) -> str:
+    """A project's normalised name, as pip compares them ("Opencv_Python.Headless" -> "opencv-python-headless")."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def required_projects() -> set[str]:
+    return {project_name(line.split("==")[0]) for line in requirements()}
+
+
 def wheel_project(wheel: Path) -> str:
-    """The normalised project name of a wheel file ("opencv_python_headless-4.10...whl" -> "opencv-python-headless")."""
-    return re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+    """The project a wheel file belongs to ("opencv_python_headless-4.10...whl" -> "opencv-python-headless")."""
+    return project_name(wheel.name.split("-")[0])
 
 
 def download_wheels(platform: str) -> list[Path]:
@@ -82,7 +91,7 @@ def download_wheels(platform: str) -> list[Path]:
             sys.exit(f"pip could not download the {platform} wheels of {REQUIREMENTS.name} (see pip's message above)")
         complete.touch()
     wheels = sorted(folder.glob("*.whl"))
-    wanted = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() for line in requirements()}
+    wanted = required_projects()
     if {wheel_project(wheel) for wheel in wheels} != wanted or len(wheels) != len(wanted):
         sys.exit(f"{folder} does not hold exactly one wheel per line of {REQUIREMENTS.name}: delete it and build again")
     return wheels

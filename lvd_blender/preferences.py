@@ -51,12 +51,15 @@ def dependencies_folder() -> Path:
     return Path(bpy.utils.extension_path_user(ADDON_ID, path="site-packages", create=True))
 
 
+def own_dependencies_folder() -> str:
+    """The extension's site-packages folder; '' for the development tree, which has no extension folder."""
+    return str(dependencies_folder()) if PACKAGED else ""
+
+
 def refresh_dependencies(prefs=None) -> None:
     """Put the dependency folders on sys.path and list the modules still missing (at register, when the
     site-packages preference changes, after an install)."""
-    own = [str(dependencies_folder())] if PACKAGED else []
-    custom = [bpy.path.abspath(prefs.site_packages)] if prefs is not None and prefs.site_packages else []
-    add_dependency_folders(own + custom)
+    add_dependency_folders(prefs.dependency_folders() if prefs is not None else [own_dependencies_folder()])
     MISSING[:] = missing_projects()
 
 
@@ -98,8 +101,7 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
     )  # fmt: skip
 
     def dependency_folders(self) -> list[str]:
-        own = str(dependencies_folder()) if PACKAGED else ""
-        return [own, bpy.path.abspath(self.site_packages) if self.site_packages else ""]
+        return [own_dependencies_folder(), bpy.path.abspath(self.site_packages) if self.site_packages else ""]
 
     def draw(self, context):
         layout = self.layout

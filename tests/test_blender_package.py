@@ -77,7 +77,7 @@ def test_zip_leaves_out_what_a_fit_never_imports(tmp_path):
 
 def test_every_module_a_fit_needs_is_bundled_or_installed():
     core = importlib.import_module("lvd_blender.core")
-    bundled = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() for line in build.requirements()}
+    bundled = build.required_projects()
     assert set(core.FIT_MODULES.values()) - bundled == {"torch"}
     assert not {"torch", "numpy", "requests"} & bundled  # installed separately, or shipped with Blender
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in build.requirements())
@@ -95,7 +95,7 @@ def test_staged_wheels_cover_every_platform(tmp_path):
     spec = importlib.util.spec_from_file_location("blender_ext", build.blender_ext_script())
     blender_ext = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(blender_ext)
-    wanted = sorted(re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() for line in build.requirements())
+    wanted = sorted(build.required_projects())
     for platform in build.PLATFORMS:
         wheels = [Path(wheel) for wheel in listed if blender_ext.blender_platform_compatible_with_wheel_platform_from_filepath(platform, wheel)]
         assert sorted(build.wheel_project(wheel) for wheel in wheels) == wanted, platform
