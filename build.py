@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -34,8 +35,8 @@ REQUIREMENTS = ROOT / "requirements-extension.txt"
 WHEEL_CACHE = ROOT / ".cache" / "wheels"
 PYTHON_VERSION = "3.11"  # Blender 4.2 to 5.0 (5.1 moved to 3.13, which mediapipe 0.10.21 has no wheels for)
 # pip's --platform tags per Blender platform, newest first: pip does not widen manylinux_2_x tags by itself, and
-# newer wheels carry newer tags. Blender 4.2+ needs glibc 2.28 on Linux; macOS tags widen down to 11.0 by pip.
-# No macos-x64: PyTorch stopped publishing Intel macOS wheels after 2.2, so the extension could never fit there.
+# newer wheels carry newer tags. Blender 4.2+ needs glibc 2.28 on Linux; pip widens macOS tags down to 11.0, but
+# pykdtree 1.4.3 publishes macOS 14+ wheels only, so the macOS zip needs macOS 14. No macos-x64: PyTorch stopped publishing Intel macOS wheels after 2.2, so the extension could never fit there.
 PLATFORM_TAGS = {
     "linux-x64": [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + ["manylinux2014_x86_64"],
     "windows-x64": ["win_amd64"],
@@ -151,12 +152,13 @@ def build(output_dir: Path, *, platforms: tuple[str, ...] = PLATFORMS) -> list[P
         sys.exit(f"unknown platform {', '.join(sorted(unknown))}: choose among {', '.join(PLATFORMS)}")
     script = blender_ext_script()
     output_dir.mkdir(parents=True, exist_ok=True)
-    before = set(output_dir.glob("*.zip"))
+    manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text())
+    stem = f"{manifest['id']}-{manifest['version']}"  # Blender's builder names the zips so
+    zips = [output_dir / f"{stem}-{platform.replace('-', '_')}.zip" for platform in platforms] or [output_dir / f"{stem}.zip"]
     with tempfile.TemporaryDirectory(prefix="lvd-extension-") as scratch:
         source = stage(Path(scratch) / "lvd_fit", platforms=tuple(platforms))
         command = [sys.executable, str(script), "build", "--source-dir", str(source), "--output-dir", str(output_dir)]
         subprocess.run(command + (["--split-platforms"] if platforms else []), check=True)
-    zips = sorted(set(output_dir.glob("*.zip")) - before) or sorted(output_dir.glob("lvd_fit-*.zip"))
     for path in zips:
         subprocess.run([sys.executable, str(script), "validate", str(path)], check=True)
     return zips

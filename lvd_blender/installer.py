@@ -33,8 +33,8 @@ class TorchBuild:
 
 
 BUILDS = {
-    "CPU": TorchBuild("https://download.pytorch.org/whl/cpu", "about 200 MB to download, 800 MB on disk", 30 * 60),
-    "CUDA": TorchBuild("https://download.pytorch.org/whl/cu130", "about 3 GB to download, 5 GB on disk", 2 * 3600),
+    "CPU": TorchBuild("https://download.pytorch.org/whl/cpu", "about 200 MB to download, 900 MB on disk", 30 * 60),
+    "CUDA": TorchBuild("https://download.pytorch.org/whl/cu130", "about 3-4 GB to download, 6 GB on disk", 2 * 3600),
 }
 
 
