@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import zipfile
+from types import SimpleNamespace
 from unittest import mock
 
 import bpy
@@ -144,3 +145,30 @@ def test_preferences_list_every_missing_module_without_touching_sys_path_in_draw
         monkeypatch.undo()
         addon.preferences.refresh_dependencies(prefs())
     assert addon.preferences.MISSING == []
+
+
+def test_modal_install_shows_progress_and_esc_cancels(addon, offline_pip, monkeypatch):  # noqa: F811
+    """The UI path (headless Blender has no event loop: modal() driven by hand): the preferences draw the
+    progress and a cancel button while pip runs; Esc stops it and the operator reports it in one line."""
+    running = slow_pip(installer.Installation(offline_pip, "CPU"), ["Collecting torch==2.13.0"]).start()
+    monkeypatch.setattr(addon.preferences, "INSTALLATION", running)
+    deadline = time.monotonic() + 10
+    while running.text != "Finding PyTorch" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    layout = mock.MagicMock()
+    addon.preferences.LVD_AddonPreferences.draw_dependencies(prefs(), layout)
+    [progress] = [c for c in layout.mock_calls if c[0].endswith("progress")]
+    assert progress.kwargs["text"] == "Finding PyTorch" and progress.kwargs["factor"] == running.fraction > 0
+    assert "lvd.cancel_install" in [c.args[0] for c in layout.mock_calls if c[0].endswith("operator")]
+
+    reports = []
+    operator = SimpleNamespace(_timer=None, report=lambda kind, text: reports.append((kind, text)))
+    operator._finish = lambda context: addon.preferences.LVD_OT_install_dependencies._finish(operator, context)
+    context = SimpleNamespace(window_manager=SimpleNamespace(windows=[], event_timer_remove=lambda timer: None),
+                              preferences=bpy.context.preferences)  # fmt: skip
+    modal = addon.preferences.LVD_OT_install_dependencies.modal
+    assert modal(operator, context, SimpleNamespace(type="TIMER")) == {"PASS_THROUGH"}
+    assert modal(operator, context, SimpleNamespace(type="ESC")) == {"PASS_THROUGH"}
+    assert modal(operator, context, SimpleNamespace(type="TIMER")) == {"CANCELLED"}
+    assert reports == [({"ERROR"}, "Installing PyTorch: cancelled: nothing was changed")]
+    assert (offline_pip / "previous.txt").exists()
