@@ -1,7 +1,7 @@
 """The extension in a stock Blender: a fresh Python holding only bpy and what it pulls in (numpy, requests, ...),
 none of the project's dependencies. The linux-x64 zip is installed with Blender's own installer, PyTorch with
 the extension's own Install Dependencies from a local wheelhouse (offline), then Fit on the real sample scan
-must build the skinned character.
+and on a sample photo must build skinned characters.
 
 The stock Python and the wheelhouse are cached in .cache/stock-blender, keyed by what they hold."""
 
@@ -61,9 +61,9 @@ def make_wheelhouse(python: Path):
 
 @pytest.mark.slow
 def test_fit_in_a_stock_blender(shared_data, tmp_path):
-    scan = shared_data / "scans" / "rp_dennis_posed_004_30k.obj"
-    if not scan.is_file():
-        pytest.skip(f"sample scan not found at {scan}")
+    scan, photo = shared_data / "scans" / "rp_dennis_posed_004_30k.obj", shared_data / "images" / "img1.png"
+    if not (scan.is_file() and photo.is_file()):
+        pytest.skip(f"sample scan or photo not found in {shared_data}")
     venv = cached_folder("python", "\n".join(STOCK_REQUIREMENTS), make_stock_python)
     python = venv / "bin" / "python"
     wheelhouse = cached_folder("wheelhouse", torch_requirement(), make_wheelhouse(python))
@@ -71,7 +71,7 @@ def test_fit_in_a_stock_blender(shared_data, tmp_path):
 
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "LVD_"))}
     environment.update(BLENDER_USER_RESOURCES=str(tmp_path / "blender-user"), LVD_WHEELHOUSE=str(wheelhouse), OMP_NUM_THREADS="1")
-    completed = subprocess.run([str(python), "-I", str(SCRIPT), str(extension_zip), str(scan)], env=environment,
+    completed = subprocess.run([str(python), "-I", str(SCRIPT), str(extension_zip), str(scan), str(photo)], env=environment,
                                capture_output=True, text=True, timeout=900)  # fmt: skip
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-3000:]
@@ -85,3 +85,4 @@ def test_fit_in_a_stock_blender(shared_data, tmp_path):
     assert str(tmp_path / "blender-user") in report["torch_file"]  # the extension's own PyTorch, not another
     assert report["armatures"] == 1 and report["bones"] > 20, report
     assert report["body_vertices"] > 10_000 and report["skinned"] and report["vertex_groups"] == report["bones"], report
+    assert report["photo_fit"] == ["FINISHED"] and report["photo_armatures"] == 1 and report["photo_skinned"], report
