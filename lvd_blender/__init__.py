@@ -13,10 +13,13 @@ def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
+    addon = bpy.context.preferences.addons.get(preferences.ADDON_ID)  # absent while Blender first enables it
+    preferences.refresh_dependencies(addon.preferences if addon else None)
 
 
 def unregister():
     operators.stop_running_fits(bpy.context)
+    preferences.stop_installation()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -1,5 +1,5 @@
 """Access to lvd_core (vendored inside the packaged extension, the top-level package in the development tree)
-and to the optional PyTorch install. Nothing here imports torch: that happens on first use, in a fit."""
+and to the modules a fit needs. Nothing here imports torch: that happens on first use, in a fit."""
 
 from __future__ import annotations
 
@@ -18,11 +18,29 @@ def core(module: str):
     return importlib.import_module(f"{CORE_PACKAGE}.{module}")
 
 
+# The top-level modules a fit imports and the pip project of each: torch comes from Install Dependencies (or a
+# site-packages folder), the others with the extension's wheels (requirements-extension.txt).
+FIT_MODULES = {
+    "torch": "torch", "trimesh": "trimesh", "pykdtree": "pykdtree", "scipy": "scipy", "roma": "roma",
+    "safetensors": "safetensors", "yaml": "pyyaml", "PIL": "pillow", "anny": "anny", "smplx": "smplx",
+    "cv2": "opencv-python-headless", "mediapipe": "mediapipe", "matplotlib": "matplotlib",
+}  # fmt: skip
+
+
 def add_dependency_folders(folders) -> None:
-    """Make PyTorch installed in `folders` (existing site-packages folders) importable."""
+    """Make the packages in `folders` (existing site-packages folders) importable."""
+    added = False
     for folder in folders:
         if folder and Path(folder).is_dir() and str(folder) not in sys.path:
             sys.path.append(str(folder))
+            added = True
+    if added:
+        importlib.invalidate_caches()
+
+
+def missing_projects() -> list[str]:
+    """The pip projects of FIT_MODULES that cannot be imported (found without importing them)."""
+    return [project for module, project in FIT_MODULES.items() if module not in sys.modules and importlib.util.find_spec(module) is None]
 
 
 def torch_available() -> bool:

@@ -1,13 +1,20 @@
 """The extension zip: built with Blender's own builder, validated, installed into headless Blender; it builds a
-character through the installed (vendored) lvd_core and fits a scan with its vendored weights."""
+character through the installed (vendored) lvd_core and fits a scan with its vendored weights. The platform
+zips' wheels: one per requirement and platform, as Blender's builder assigns them."""
 
 import blender_support  # noqa: F401  (first: sets Blender's user folder before bpy is imported)
 
+import ast
 import importlib
+import importlib.util
+import re
+import tomllib
 import zipfile
+from pathlib import Path
 
 import bpy
 import numpy as np
+import pytest
 
 import build
 from test_blender_addon import ON_SCAN_MM, activate, body_scan_object, mean_distance_mm
@@ -17,7 +24,7 @@ INSTALLED = "bl_ext.user_default.lvd_fit"
 
 
 def test_zip_installs_and_builds_a_character(tmp_path):
-    [zip_path] = build.build(tmp_path)
+    [zip_path] = build.build(tmp_path, platforms=())
     names = set(zipfile.ZipFile(zip_path).namelist())
     assert {"blender_manifest.toml", "__init__.py", "vendor/lvd_core/export.py", "vendor/weights/anny/anny.safetensors"} <= names
     assert not any("__pycache__" in name for name in names)
@@ -51,3 +58,46 @@ def test_zip_installs_and_builds_a_character(tmp_path):
         repo_index = next(i for i, repo in enumerate(repos) if repo.module == "user_default")
         bpy.ops.extensions.package_uninstall(repo_index=repo_index, pkg_id="lvd_fit")
     assert INSTALLED not in bpy.context.preferences.addons and not hasattr(bpy.types, "LVD_PT_main")
+
+
+def test_zip_leaves_out_what_a_fit_never_imports(tmp_path):
+    staged = build.stage(tmp_path / "lvd_fit") / "vendor" / "lvd_core"
+    left_out = {"cli", "train", "train_image", "preview", "rigged_export", "outputs", "synth.demo", "synth.make_validation"}
+    kept = {".".join(path.relative_to(staged).with_suffix("").parts) for path in staged.rglob("*.py")}
+    assert kept and not kept & left_out and not (staged / "data").exists()
+    for path in staged.rglob("*.py"):
+        package = path.relative_to(staged).parent.parts
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - node.level + 1]
+                targets = [".".join((*base, *(node.module or "").split("."))).strip(".")]
+                targets += [f"{targets[0]}.{alias.name}".strip(".") for alias in node.names]
+                assert not set(targets) & left_out, f"{path.name} imports {targets}, which the zip leaves out"
+
+
+def test_every_module_a_fit_needs_is_bundled_or_installed():
+    core = importlib.import_module("lvd_blender.core")
+    bundled = build.required_projects()
+    assert set(core.FIT_MODULES.values()) - bundled == {"torch"}
+    assert not {"torch", "numpy", "requests"} & bundled  # installed separately, or shipped with Blender
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in build.requirements())
+
+
+@pytest.mark.slow
+def test_staged_wheels_cover_every_platform(tmp_path):
+    """The staged manifest lists the registry's wheels of every requirement for each platform (as Blender's own
+    builder assigns them to platforms), each present in the staged folder; no torch or numpy."""
+    staged = build.stage(tmp_path / "lvd_fit", platforms=build.PLATFORMS)
+    manifest = tomllib.loads((staged / "blender_manifest.toml").read_text())
+    assert manifest["platforms"] == list(build.PLATFORMS) and manifest["blender_version_max"] == "5.1.0"
+    listed = manifest["wheels"]
+    assert sorted(path.name for path in (staged / "wheels").iterdir()) == sorted(Path(wheel).name for wheel in listed)
+    spec = importlib.util.spec_from_file_location("blender_ext", build.blender_ext_script())
+    blender_ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blender_ext)
+    wanted = sorted(build.required_projects())
+    for platform in build.PLATFORMS:
+        wheels = [Path(wheel) for wheel in listed if blender_ext.blender_platform_compatible_with_wheel_platform_from_filepath(platform, wheel)]
+        assert sorted(build.wheel_project(wheel) for wheel in wheels) == wanted, platform
+        assert all({(3,), (3, 11)} & blender_ext.python_versions_from_wheel(wheel.name) for wheel in wheels), platform
+    assert not any(build.wheel_project(Path(wheel)) in {"torch", "numpy"} for wheel in listed)
