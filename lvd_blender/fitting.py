@@ -334,9 +334,9 @@ class FitRun:
                                residual_mm=outcome.residual_mm, doubtful=outcome.doubtful)  # fmt: skip
 
     def _advance_build(self, context, deadline: float | None) -> bool:
-        """Build the current character until it is done (True) or the deadline passes (False)."""
+        """Build the current character, one step at least, until it is done (True) or the deadline passes (False)."""
         label, outcome, steps = self._building
-        while deadline is None or time.perf_counter() < deadline:
+        while True:
             try:
                 next(steps)
             except StopIteration as built:
@@ -347,7 +347,8 @@ class FitRun:
                 self._building = None
                 self.failures.append(f"{label} (its character was deleted while it was built)")
                 return True
-        return False
+            if deadline is not None and time.perf_counter() >= deadline:
+                return False
 
     def _record(self, label: str, outcome: FitOutcome, armature_obj, context) -> None:
         self.characters.append(armature_obj)

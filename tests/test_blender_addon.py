@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import build
+from lvd_blender.export import export_characters
 from lvd_core.body import load_body_model
 from lvd_core.inputs.image import CropTransform
 from lvd_core.inputs.scan import METRES_PER_UNIT, detect_units
@@ -660,3 +661,92 @@ def test_photo_fit_uses_the_mask_stands_on_the_cursor_and_adds_the_photos_camera
     crop = CropTransform(origin_x=-3.0, origin_y=5.0, scale=0.5, size=256)
     expected = crop.crop_to_photo(crop_pixels(photo, 256))[::50]
     assert np.abs(seen_pixels - expected).max() < 0.5  # pixels
+
+
+def test_characters_are_built_a_step_per_ui_event(pipeline, addon):
+    """With no time to spare, each call of handle (a TIMER event) does one step of the build; the character
+    comes out the same as built in one go."""
+    run = make_run(addon, 1)
+    run.job.run()
+    messages, calls = run.job.drain(), 1
+    while not run.handle(messages, bpy.context, budget_s=0.0):
+        messages, calls = [], calls + 1
+    [armature] = characters()
+    assert calls >= 3  # the armature, the mesh, the skin weights: a step each at least
+    expected = pipeline.result(np.zeros(3)).vertices_input  # seed 0, placed at the scan's centroid below
+    centre = run.job.items[0].inputs["vertices"].mean(0)
+    assert np.abs(blender_support.evaluated_world_vertices(armature.children[0]) - (expected + centre)).max() < 1e-3
+
+
+# -- real-size characters and photo cameras with the real pipeline ------------------------------------------------
+def character_heights(armatures) -> dict:
+    """Armature name -> (its object scale, its body's height in metres)."""
+    out = {}
+    for armature in armatures:
+        [body_mesh] = [child for child in armature.children if child.type == "MESH"]
+        out[armature.name] = (tuple(armature.matrix_world.to_scale()), float(np.ptp(blender_support.evaluated_world_vertices(body_mesh)[:, 2])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_size_fits(addon, shared_data, tmp_path_factory):
+    """The real RenderPeople scan imported as it comes (centimetres, 187 units tall) and a synthetic scan in
+    millimetres, batch fitted; their heights in the scene and re-imported from FBX and GLB."""
+    blender_support.reset_scene()
+    bpy.context.scene.lvd.body_model = "AUTO"
+    bpy.ops.wm.obj_import(filepath=str(shared_data / "scans" / "rp_dennis_posed_004_30k.obj"))
+    [scan_cm] = bpy.context.selected_objects
+    scan_cm.name = "Dennis cm"
+    scan_mm, _ = body_scan_object("Person mm", seed=3)
+    scan_mm.scale = (1000.0, 1000.0, 1000.0)  # the object's world vertices are what is fitted
+    activate(scan_cm, scan_mm)
+    assert bpy.ops.lvd.fit(batch=True) == {"FINISHED"}
+    measured = {"summary": bpy.context.window_manager.lvd_progress.last_summary, "scene": character_heights(characters())}
+    folder = tmp_path_factory.mktemp("exported")
+    files = export_characters(characters(), folder, "FBX") + export_characters(characters(), folder, "GLB")
+    for path in files:
+        blender_support.reset_scene()
+        if path.suffix == ".fbx":
+            bpy.ops.import_scene.fbx(filepath=str(path))
+        else:
+            bpy.ops.import_scene.gltf(filepath=str(path), disable_bone_shape=True)
+        [(_, scale_and_height)] = character_heights(characters()).items()
+        measured[path.name] = scale_and_height
+    return measured
+
+
+@pytest.mark.slow
+def test_cm_and_mm_scans_give_real_size_characters_in_scene_and_files(real_size_fits):
+    assert "Dennis cm read in centimetres; Person mm read in millimetres (at real size)" in real_size_fits["summary"]
+    assert len(real_size_fits) == 2 + 4  # summary, scene, two characters x (FBX, GLB)
+    for name, (scale, height) in [*real_size_fits["scene"].items(), *((k, v) for k, v in real_size_fits.items() if "." in k)]:
+        assert np.allclose(scale, 1.0, atol=1e-4), f"{name}: armature scale {scale}"
+        assert 1.5 < height < 2.0, f"{name}: body {height:.2f} m tall"
+
+
+@pytest.mark.slow
+def test_real_photo_fit_lines_up_with_its_mask_through_the_camera(real_pipeline, shared_data):
+    from bpy_extras.object_utils import world_to_camera_view
+    from PIL import Image
+
+    from lvd_core.synth.renders import rasterize
+
+    bpy.context.scene.lvd.body_model = "AUTO"
+    bpy.context.scene.lvd.input_kind = "PHOTO"
+    bpy.context.scene.lvd.photo_path = str(shared_data / "images" / "img1.png")
+    bpy.context.scene.cursor.location = (0.5, 1.0, 0.25)
+    assert bpy.ops.lvd.fit() == {"FINISHED"}
+    [armature] = characters()
+    [body_mesh] = armature.children
+    world = blender_support.evaluated_world_vertices(body_mesh)
+    assert abs(world[:, 2].min() - 0.25) < 0.01  # standing on the cursor
+    scene = bpy.context.scene
+    mask = np.asarray(Image.open(shared_data / "images" / "img1_mask.png").convert("L")) >= 128
+    height, width = mask.shape
+    seen = np.array([world_to_camera_view(scene, scene.camera, Vector(v)) for v in world])
+    pixels = np.stack([seen[:, 0] * width, (1 - seen[:, 1]) * height], axis=1)
+    faces = np.array([tuple(p.vertices) for p in body_mesh.data.polygons])
+    face_map, _ = rasterize(pixels, seen[:, 2], faces, width)
+    body = (face_map >= 0).reshape(width, width)[:height]
+    iou = (body & mask).sum() / (body | mask).sum()
+    assert iou > 0.5, f"the body seen through the camera covers the person mask at IoU {iou:.2f}"
