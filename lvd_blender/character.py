@@ -17,9 +17,9 @@ from mathutils import Matrix
 # Slider range of shape keys for unbounded shape coefficients (SMPL/MANO betas are ~N(0, 1)); Blender's
 # default [0, 1] would clamp them.
 BETA_SLIDER_RANGE = 10.0
-# Skin weights added per build step: about 10 ms (one Python call each), so building between UI events stays
+# Skin weights added per build step: 25 ms with the machine under load (one Python call each), so building between UI events stays
 # well under the 100 ms a user notices.
-SKIN_WEIGHTS_PER_STEP = 10_000
+SKIN_WEIGHTS_PER_STEP = 2_500
 
 
 def build_character(

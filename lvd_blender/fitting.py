@@ -109,16 +109,27 @@ def scan_item(obj, context, settings: FitSettings) -> Item:
         if len(mesh.vertices) == 0:
             raise ValueError(f"{obj.name} has no vertices")
         co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-        mesh.vertices.foreach_get("co", co)
-        mesh.calc_loop_triangles()
-        triangles = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int64)
-        mesh.loop_triangles.foreach_get("vertices", triangles)
+        mesh.attributes["position"].data.foreach_get("vector", co)  # 10x faster than vertices' "co"
+        triangles = mesh_triangles(mesh)
     finally:
         evaluated.to_mesh_clear()
     world = np.array(obj.matrix_world)
     vertices = co.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
-    return Item(obj.name, {"kind": "scan", "vertices": vertices, "faces": triangles.reshape(-1, 3) if len(triangles) else None,
-                           "body": scan_body_model(vertices, settings)})  # fmt: skip
+    return Item(obj.name, {"kind": "scan", "vertices": vertices, "faces": triangles, "body": scan_body_model(vertices, settings)})
+
+
+def mesh_triangles(mesh) -> np.ndarray | None:
+    """(F, 3) vertex indices of the mesh's triangles (polygons triangulated), None without faces. A triangle
+    mesh (most scans) is read from its face corners: reading loop_triangles takes ~1 s per million faces."""
+    corners = mesh.attributes.get(".corner_vert")
+    if corners is not None and len(mesh.loops) == 3 * len(mesh.polygons):  # every polygon a triangle
+        indices = np.empty(len(mesh.loops), dtype=np.int32)
+        corners.data.foreach_get("value", indices)
+    else:
+        mesh.calc_loop_triangles()
+        indices = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
+        mesh.loop_triangles.foreach_get("vertices", indices)
+    return indices.reshape(-1, 3).astype(np.int64) if len(indices) else None
 
 
 def scan_body_model(vertices: np.ndarray, settings: FitSettings) -> str:
@@ -295,6 +306,7 @@ class FitRun:
         self.notes: list[str] = []
         self.doubtful: list[str] = []  # labels of the fits to check
         self.quality = ""  # the last fit's quality_label(short=True)
+        self.camera_note = ""  # photos: the camera added
         self.cancelled = False
         self.started = time.perf_counter()
         self.seconds = 0.0  # the whole run's, once finished
@@ -353,7 +365,9 @@ class FitRun:
     def _record(self, label: str, outcome: FitOutcome, armature_obj, context) -> None:
         self.characters.append(armature_obj)
         if outcome.camera is not None:
-            add_photo_camera(f"{label} LVD camera", outcome.camera, armature_obj.users_collection[0], context.scene)
+            camera = add_photo_camera(f"{label} LVD camera", outcome.camera, armature_obj.users_collection[0], context.scene)
+            width, height = outcome.camera["resolution"]
+            self.camera_note = f"camera {camera.name} sees it as the photo does (render size set to {width} x {height})"
         self.quality = context.window_manager.lvd_progress.last_quality = outcome.quality
         if outcome.units is not None:
             self.units.setdefault(outcome.units, []).append(label)
@@ -389,7 +403,7 @@ class FitRun:
             parts.append("skipped " + "; ".join(self.failures))
         if self.doubtful:
             parts.append("check " + ", ".join(self.doubtful) + " (the network may have misread the pose)")
-        return ", ".join(parts + self.notes)
+        return ", ".join(parts + ([self.camera_note] if self.camera_note else []) + self.notes)
 
 UNIT_WORDS = {"m": "metres", "cm": "centimetres", "mm": "millimetres"}
 

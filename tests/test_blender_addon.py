@@ -653,6 +653,7 @@ def test_photo_fit_uses_the_mask_stands_on_the_cursor_and_adds_the_photos_camera
     camera = scene.camera
     assert camera is not None and camera.data.type == "ORTHO" and camera.data.background_images[0].image.name == "person.png"
     assert (scene.render.resolution_x, scene.render.resolution_y) == (200, 300)
+    assert f"camera {camera.name} sees it as the photo does" in bpy.context.window_manager.lvd_progress.last_summary
     seen = np.array([world_to_camera_view(scene, camera, Vector(v))[:2] for v in world[::50]])  # (0, 0) bottom left
     seen_pixels = np.stack([seen[:, 0] * 200, (1 - seen[:, 1]) * 300], axis=1)
     result = pipeline.result(np.zeros(3))  # what the fake fitted, in the crop's photo frame
@@ -750,3 +751,14 @@ def test_real_photo_fit_lines_up_with_its_mask_through_the_camera(real_pipeline,
     body = (face_map >= 0).reshape(width, width)[:height]
     iou = (body & mask).sum() / (body | mask).sum()
     assert iou > 0.5, f"the body seen through the camera covers the person mask at IoU {iou:.2f}"
+
+
+def test_scan_triangles_are_blenders_triangulation(addon):
+    blender_support.reset_scene()
+    bpy.ops.mesh.primitive_grid_add(x_subdivisions=3, y_subdivisions=2)
+    quads = bpy.context.active_object.data
+    hand = hand_scan("Hand").data
+    for mesh in (hand, quads):
+        mesh.calc_loop_triangles()
+        expected = np.array([tuple(t.vertices) for t in mesh.loop_triangles])
+        assert np.array_equal(addon.fitting.mesh_triangles(mesh), expected)
