@@ -97,6 +97,7 @@ def dense_mesh(vertex_count: int, triangles: bool):
     grid = bpy.context.active_object
     if triangles:  # as scans are
         grid.modifiers.new("Triangulate", "TRIANGULATE")
+        bpy.ops.object.modifier_apply(modifier="Triangulate")
     return grid
 
 
