@@ -41,7 +41,7 @@ def export_characters(armatures, folder: str | Path, file_format: str = "FBX", p
     UNREAL) picks the FBX axes and scaling (glTF has one convention). Returns the files written."""
     if preset == "UNREAL" and any(a.name == "Armature" for a in armatures):
         raise ExportError('rename the armature "Armature": Unreal imports an armature of that name as an extra bone')
-    folder = Path(bpy.path.abspath(str(folder)))
+    folder = export_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     view_layer = bpy.context.view_layer
     selected, active = list(bpy.context.selected_objects), view_layer.objects.active
@@ -63,6 +63,18 @@ def export_characters(armatures, folder: str | Path, file_format: str = "FBX", p
             obj.select_set(True)
         view_layer.objects.active = active
     return written
+
+
+def export_folder(folder: str | Path) -> Path:
+    """The absolute folder `folder` names: "//..." is relative to the saved .blend file. ExportError for a
+    relative folder that would land in the working directory of Blender's process, which the user never sees
+    (an unsaved .blend has no folder)."""
+    resolved = Path(bpy.path.abspath(str(folder)))
+    if resolved.is_absolute():
+        return resolved
+    if str(folder).startswith("//"):
+        raise ExportError(f"the .blend is not saved, so {folder!r} (its folder) is nowhere: save the .blend or choose an export folder")
+    raise ExportError(f"export folder {str(folder)!r} is relative: choose an absolute folder, or // for the .blend's folder")
 
 
 def _write(path: Path, file_format: str, preset: str) -> None:

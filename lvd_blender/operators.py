@@ -33,9 +33,26 @@ class LVD_OT_fit(bpy.types.Operator):
 
     bl_idname = "lvd.fit"
     bl_label = "Fit"
-    bl_options = {"REGISTER", "UNDO"}
+    # No REGISTER: a redo panel would rerun the whole fit on the main thread for every change.
+    bl_options = {"UNDO"}
 
-    batch: BoolProperty(name="Batch", description="Fit every selected mesh object, one character each")
+    batch: BoolProperty(name="Batch", description="Fit every selected mesh object, one character each", options={"SKIP_SAVE"})
+
+    @classmethod
+    def description(cls, context, properties):
+        if properties.batch:
+            return "Fit the body model to every selected mesh object, one character each (Esc cancels the rest)"
+        return cls.__doc__
+
+    @classmethod
+    def poll(cls, context):
+        if context.window_manager.lvd_progress.running:
+            cls.poll_message_set("a fit is running: wait for it or press Esc")
+            return False
+        problem = fittable_problem(context)
+        if problem:
+            cls.poll_message_set(problem)
+        return not problem
 
     def execute(self, context):
         run = self._prepare(context)
@@ -63,7 +80,7 @@ class LVD_OT_fit(bpy.types.Operator):
             self._run.job.cancel.set()  # the worker stops after its current step; finished fits stay
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        finished = self._run.handle(self._run.job.drain(), context)
+        finished = self._run.handle(self._run.job.drain(), context, budget_s=fitting.BUILD_BUDGET_S)
         status = context.window_manager.lvd_progress
         context.workspace.status_text_set(None if finished else f"LVD: {status.text} {status.factor:.0%} (Esc to cancel)")
         for area in context.screen.areas if context.screen else ():
@@ -87,25 +104,24 @@ class LVD_OT_fit(bpy.types.Operator):
             problem = model_file_problem(kind, getattr(prefs, f"{kind}_path"))
             if problem:
                 return self._refuse(problem)
+        fit_settings = fitting.FitSettings.from_context(context, prefs)
         items, skipped = [], []
-        if settings.input_kind == "PHOTO":
-            try:
+        try:
+            if settings.input_kind == "PHOTO":
                 items.append(fitting.photo_item(context))
-            except ValueError as exc:
-                return self._refuse(str(exc))
-        else:
-            objects = list(context.selected_objects) if self.batch else [context.active_object]
-            objects = [obj for obj in objects if obj is not None]
-            if not objects:
-                return self._refuse("nothing selected: select the mesh object of a scan")
+            else:
+                objects = fitting.scan_objects(context, self.batch)
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        if settings.input_kind == "SCAN":
             for obj in objects:
                 try:
-                    items.append(fitting.scan_item(obj, context))
+                    items.append(fitting.scan_item(obj, context, fit_settings))
                 except ValueError as exc:
-                    skipped.append(f"{obj.name} ({exc})")
+                    skipped.append(f"{obj.name} ({exc})" if self.batch else str(exc))
             if not items:
-                return self._refuse("nothing to fit: " + "; ".join(skipped))
-        return fitting.FitRun(items, fitting.FitSettings.from_context(context, prefs), skipped)
+                return self._refuse(("nothing to fit: " if self.batch else "") + "; ".join(skipped))
+        return fitting.FitRun(items, fit_settings, skipped)
 
     def _refuse(self, message: str) -> None:
         self.report({"ERROR"}, message)
@@ -119,11 +135,36 @@ class LVD_OT_fit(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def fittable_problem(context) -> str:
+    """Why Fit cannot run on what is selected ('' when it can), for the greyed-out button's tooltip."""
+    settings = context.scene.lvd
+    if settings.input_kind == "PHOTO":
+        active = context.active_object
+        if settings.photo_path or (active is not None and active.type == "EMPTY" and active.empty_display_type == "IMAGE"):
+            return ""
+        return "no photo: choose an image file or make an Image Empty (reference image) active"
+    if not any(obj.type == "MESH" for obj in context.selected_objects) and (
+        context.active_object is None or context.active_object.type != "MESH"
+    ):
+        active = context.active_object
+        if active is not None:
+            return f"{active.name} is {fitting.object_kind(active)} object: select the mesh object of a scan"
+        return "nothing selected: select the mesh object of a scan"
+    return ""
+
+
 class LVD_OT_export(bpy.types.Operator):
     """Export each selected character (armature and body) to its own file"""
 
     bl_idname = "lvd.export"
     bl_label = "Export Characters"
+
+    @classmethod
+    def poll(cls, context):
+        if characters_in(context.selected_objects):
+            return True
+        cls.poll_message_set("nothing to export: select fitted characters (their armature or body)")
+        return False
 
     def execute(self, context):
         settings = context.scene.lvd

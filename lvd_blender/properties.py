@@ -3,8 +3,10 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-# UI identifier -> lvd_core body model name.
-BODY_MODELS = {"ANNY": "anny", "ANNY_HAND": "anny-hand", "SMPL": "smpl", "MANO": "mano"}
+# UI identifier -> lvd_core body model name ("auto": chosen per scan by lvd_blender.fitting.scan_body_model).
+BODY_MODELS = {"AUTO": "auto", "ANNY": "anny", "ANNY_HAND": "anny-hand", "SMPL": "smpl", "MANO": "mano"}
+# UI identifier -> the units lvd_core reads a scan in (None: from its size).
+SCAN_UNITS = {"AUTO": None, "M": "m", "CM": "cm", "MM": "mm"}
 LICENSED_BODY_MODELS = ("SMPL", "MANO")  # need the user's own model file (set in the preferences)
 
 
@@ -16,14 +18,25 @@ class LVD_PG_settings(bpy.types.PropertyGroup):
             ("PHOTO", "Photo", "Fit a photo: the image file below, or the active Image Empty"),
         ],
     )
-    photo_path: StringProperty(name="Photo", subtype="FILE_PATH", description="Image file of a person")
+    photo_path: StringProperty(name="Photo", subtype="FILE_PATH", description="Image file of a person; a person mask saved beside it as <name>_mask.png is used")
     body_model: EnumProperty(
         name="Body Model",
         items=[
+            ("AUTO", "Auto", "Anny Hand for a hand-sized scan (up to 35 cm across), else Anny Body; Anny Body for photos"),
             ("ANNY", "Anny Body", "Anny full body (open, ships with LVD)"),
             ("ANNY_HAND", "Anny Hand", "Anny hand (open, ships with LVD)"),
             ("SMPL", "SMPL", "SMPL body (needs your SMPL model file, see the preferences)"),
             ("MANO", "MANO", "MANO hand (needs your MANO model file, see the preferences)"),
+        ],
+    )
+    scan_units: EnumProperty(
+        name="Scan Units",
+        description="What one Blender unit of the scan is; the character is built at real size either way",
+        items=[
+            ("AUTO", "Auto", "From the scan's size: the unit in which it is a plausible body or hand"),
+            ("M", "Metres", "One Blender unit of the scan is a metre"),
+            ("CM", "Centimetres", "One Blender unit of the scan is a centimetre (e.g. an OBJ exported in cm)"),
+            ("MM", "Millimetres", "One Blender unit of the scan is a millimetre"),
         ],
     )
     iterations: IntProperty(
@@ -34,7 +47,13 @@ class LVD_PG_settings(bpy.types.PropertyGroup):
     shape_as_keys: BoolProperty(
         name="Shape as Shape Keys", default=False, description="Keep the body shape editable as shape keys over the neutral body"
     )
-    export_format: EnumProperty(name="Format", items=[("FBX", "FBX", ""), ("GLB", "glTF Binary", "")])
+    export_format: EnumProperty(
+        name="Format",
+        items=[
+            ("FBX", "FBX", "Autodesk FBX: Unity, Unreal, Maya, 3ds Max"),
+            ("GLB", "glTF Binary", "One .glb file: web viewers, Godot, three.js"),
+        ],
+    )
     export_preset: EnumProperty(
         name="Target",
         items=[
@@ -43,7 +62,12 @@ class LVD_PG_settings(bpy.types.PropertyGroup):
             ("UNREAL", "Unreal", "FBX for Unreal (the armature must not be named 'Armature')"),
         ],
     )
-    export_folder: StringProperty(name="Folder", subtype="DIR_PATH", default="//")
+    export_folder: StringProperty(
+        name="Folder",
+        subtype="DIR_PATH",
+        default="//",
+        description="Where the files go; the default // is the folder of the saved .blend file",
+    )
 
 
 class LVD_PG_progress(bpy.types.PropertyGroup):

@@ -69,7 +69,8 @@ def test_deformed_mesh_equals_the_model(name, shape_as_keys, model_files):
     assert sorted(b.name for b in bones) == sorted(body.joint_names)
     assert all(not b.use_connect for b in bones)
     heads = np.array([bones[joint].head_local for joint in body.joint_names])
-    assert np.abs(heads - description["bone_heads"]).max() < 1e-5
+    assert np.abs(heads - float(params.scale) * description["bone_heads"]).max() < 1e-5  # the fit's scale, baked in
+    assert np.allclose(armature_obj.scale, 1.0) and np.allclose(mesh_obj.scale, 1.0)
     assert len(mesh_obj.vertex_groups) == body.joint_count
     assert mesh_obj.modifiers["Armature"].object == armature_obj
     assert armature_obj.users_collection[0].name == "Fitted"

@@ -80,7 +80,7 @@ def load_scan(
     """Load, clean and sample a scan.
 
     source: a path (OBJ, PLY, STL, OFF, GLB/glTF; mesh or point cloud; glTF scenes are flattened with
-    their node transforms) or a (vertices (N, 3), faces (F, 3) | None) pair of arrays (e.g. from Blender).
+    their node transforms) or a (vertices (N, 3), faces (F, 3) | None[, name for messages]) tuple (e.g. from Blender).
     units / up: override the heuristics (`detect_units`, `detect_up`). kind: "body" or "hand" (sets the
     heuristics' size ranges). max_points bounds `Scan.points` whatever the scan's size; seed makes the
     surface sampling reproducible.
@@ -110,10 +110,10 @@ def read_geometry(source) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Return (vertices (N, 3) float64, faces (F, 3) int64 | None, source name) from a path or array pair."""
     if isinstance(source, (str, os.PathLike)):
         return (*_read_file(Path(source)), str(source))
-    if isinstance(source, (tuple, list)) and len(source) == 2:
-        vertices, faces = _check_arrays(*source)
-        return vertices, faces, "arrays"
-    raise ScanError(f"source must be a file path or a (vertices, faces) pair, got {type(source).__name__}")
+    if isinstance(source, (tuple, list)) and len(source) in (2, 3):  # (vertices, faces[, name for messages])
+        vertices, faces = _check_arrays(*source[:2])
+        return vertices, faces, source[2] if len(source) == 3 else "arrays"
+    raise ScanError(f"source must be a file path or a (vertices, faces[, name]) tuple, got {type(source).__name__}")
 
 
 def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
