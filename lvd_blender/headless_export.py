@@ -10,8 +10,6 @@ says why.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import shutil
 import sys
@@ -19,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import bpy
+from lvd_core.native_output import STDERR, STDOUT, silenced
 
 from .character import build_character
 from .export import export_characters
@@ -44,31 +43,10 @@ def export_rigged(name: str, character: dict, targets: dict[str, str | Path]) ->
             shutil.move(path, target)
 
 
-@contextlib.contextmanager
-def blender_output_silenced():
-    """Blender's exporters print their progress straight to the process's stdout and stderr (from C and from
-    Python logging); only this process's own verdict should reach the caller. Errors still raise."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for descriptor in (*saved, devnull):
-            os.close(descriptor)
-
-
 def main() -> int:
     request = pickle.load(sys.stdin.buffer)  # written by lvd_core.cli's rigged writer, our own parent
     try:
-        with blender_output_silenced():
+        with silenced(STDOUT, STDERR):  # Blender's exporters print their progress
             export_rigged(request["name"], request["character"], request["targets"])
     except Exception as error:  # noqa: BLE001 - the caller gets the reason as one line
         print(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", file=sys.stderr)

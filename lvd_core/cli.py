@@ -281,7 +281,7 @@ def write_outputs(source: Path, stem: str, settings: FitSettings, result, scan=N
     writer = write_rigged_in_blender if settings.export else None
     written = write_result(result, settings.out, stem, body=body, scan_points=scan_points, rigged_writer=writer,
                            preview=settings.preview, record=record)  # fmt: skip
-    if result.units == "unitless":
+    if result.units == "unitless" and kind == "scan":
         written.warnings.append(f"units unknown ({unitless_size(result, body)}): sized like the model; pass --units if it is a person")
     return written
 

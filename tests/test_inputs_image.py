@@ -373,3 +373,14 @@ def test_an_all_black_mask_names_its_file(tmp_path):
     Image.new("L", (64, 64), 0).save(tmp_path / "photo_mask.png")
     with pytest.raises(ImageInputError, match="photo_mask.png marks no person"):
         load_mask(tmp_path / "photo_mask.png")
+
+
+def test_finding_a_person_prints_nothing(shared_data):
+    """mediapipe's TensorFlow Lite and absl used to log their set-up on stderr, between the CLI's own lines."""
+    import subprocess
+    import sys
+
+    script = ("from lvd_core.inputs.image import load_image; from lvd_core.inputs.person_mask import find_person; "
+              f"find_person(load_image({str(shared_data / 'images' / 'img2.png')!r}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
