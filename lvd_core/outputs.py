@@ -66,7 +66,8 @@ def params_summary(result: FitResult, body: BodyModel) -> dict:
         "scale": float(arrays["scale"][0, 0]),
         "input_from_model": result.input_from_model.tolist(),
         "residual_mm": result.residual_mm,
-        # the network's vertices against the fitted body (lvd_core.pipeline.DOUBT_SHARE); photos: null, false
+        # scans: the network's vertices against the fitted body (lvd_core.pipeline.DOUBT_SHARE); photos: null, and
+        # doubtful from the silhouette IoU (lvd_core.photo.DOUBT_IOU)
         "disagreement_mm": None if np.isnan(result.disagreement_mm) else result.disagreement_mm,
         "doubtful": result.doubtful,
         "facing_deg": result.facing_deg,
