@@ -172,7 +172,7 @@ def fit_settings(args) -> FitSettings:
 def check_setup(options: dict, sources: list[Path]):
     """The torch device the fits will use; UsageError when the body model, the device or the networks the
     inputs need (--weights, or the default for the body) cannot be used."""
-    from .body import BodyModelError, load_body_model
+    from .body import load_body_model
     from .devices import pick_device
     from .pipeline import load_network
 
@@ -576,8 +576,6 @@ def check_input_file(path: Path) -> None:
 
 
 def run_batch(args) -> int:
-    from .devices import batch_size_for
-
     inputs = collect_inputs(args.inputs)
     settings = fit_settings(args)
     device = check_setup(settings.fit_options, inputs)

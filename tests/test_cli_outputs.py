@@ -21,7 +21,7 @@ import pytest
 import trimesh
 
 from lvd_core import cli, pipeline
-from lvd_core.cli import SAMPLE_SCAN, main, output_folder, rigged_export_unavailable
+from lvd_core.cli import SAMPLE_SCAN, output_folder, rigged_export_unavailable
 
 from test_cli import run, write_sample_copy
 
