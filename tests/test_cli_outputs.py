@@ -267,3 +267,14 @@ def process_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has died, its parent not reaped it
     except FileNotFoundError:
         return False
+
+
+def test_the_preview_reuses_the_loaded_scan(tmp_path, replayed, monkeypatch):
+    """A 5 M-face scan used to be read twice (the preview read it again: 15.7 s of 39 s)."""
+    from lvd_core.inputs import scan as scan_module
+
+    reads = []
+    real_read = scan_module.read_geometry
+    monkeypatch.setattr(scan_module, "read_geometry", lambda source: reads.append(source) or real_read(source))
+    assert run(["fit", str(SAMPLE_SCAN), "--out", str(tmp_path), *NO_BLENDER[:2]])[0] == 0
+    assert len(reads) == 1 and (tmp_path / "sample_scan_preview.png").is_file()
