@@ -27,6 +27,7 @@ __all__ = ["CheckpointError", "register_network", "save_checkpoint", "load_check
 
 FORMAT = "lvd-checkpoint"
 VERSION = 1
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format's pickle protocol byte
 MESSAGE_DETAIL_CHARS = 160  # torch's own messages are long and multi-line: keep the start of their first line
 
 
@@ -113,6 +114,11 @@ def read_torch_file(path: str | os.PathLike, device: torch.device) -> object:
     """torch.load(weights_only=True), with a missing, truncated or foreign file reported as CheckpointError."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such file; expected a .pth checkpoint")
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if not start.startswith(TORCH_FILE_STARTS):
+        raise CheckpointError(f"{path}: not a torch checkpoint (it starts with {start!r}, neither a zip nor a pickle); "
+                              "expected a .pth file saved by torch.save")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:

@@ -136,9 +136,10 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     garbage.write_bytes(b"this is not a checkpoint" * 10)
     unsafe = tmp_path / "unsafe.pth"  # a pickle that weights_only=True refuses to run
     unsafe.write_bytes(pickle.dumps(pytest.approx(1.0), protocol=2))
-    for path in (truncated, garbage, unsafe):
+    for path, fragment in ((truncated, "cannot be read as a torch checkpoint"), (unsafe, "cannot be read safely"),
+                           (garbage, "not a torch checkpoint (it starts with b'this', neither a zip nor a pickle)")):
         for load in (load_checkpoint, load_paper_checkpoint):
-            assert_one_line_error(lambda: load(path, device="cpu"), path, "cannot be read")
+            assert_one_line_error(lambda: load(path, device="cpu"), path, fragment)
 
 
 def test_files_of_the_wrong_kind(tmp_path):
