@@ -229,9 +229,7 @@ def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
 
     options = settings.fit_options
     if is_photo(source):
-        from .inputs.image import load_image
-
-        result = pipeline.fit_photo(load_image(source), given_mask(source), **options)
+        result = pipeline.fit_photo(source, given_mask(source), **options)
         return result, write_outputs(source, stem, settings, result)
     scan = load_input_scan(source, options)
     result = pipeline.fit_scan(scan, **options)
@@ -273,9 +271,10 @@ def write_outputs(source: Path, stem: str, settings: FitSettings, result, scan=N
     from .outputs import write_result
 
     body = load_body_model(result.body_name, settings.fit_options.get("model_path"))
-    check_residual(result, body)
-    scan_points = preview_points(scan) if settings.preview and scan is not None else None
     kind = "photo" if is_photo(source) else "scan"
+    if kind == "scan":
+        check_residual(result, body)
+    scan_points = preview_points(scan) if settings.preview and scan is not None else None
     record = {"input": input_record(source), "lvd_version": __version__,
               "weights_sha256": file_sha256(weights_path(kind, settings.fit_options))}  # fmt: skip
     writer = write_rigged_in_blender if settings.export else None
@@ -543,9 +542,9 @@ def output_stems(sources: list[Path], out: Path) -> list[str]:
 def run_fit(args) -> int:
     check_input_file(args.input)
     settings = fit_settings(args)
-    check_setup(settings.fit_options, [args.input])
-    note_missing_rigged_export(settings)
-    with output_folder(settings.out):
+    with output_folder(settings.out):  # checked first: a fit's work is not thrown away on a folder it cannot write
+        check_setup(settings.fit_options, [args.input])
+        note_missing_rigged_export(settings)
         [stem] = output_stems([args.input], settings.out)
         outcome = fit_quietly(args.input, stem, settings, getattr(args, "debug", False))
     if outcome.status == "failed":
@@ -578,9 +577,9 @@ def check_input_file(path: Path) -> None:
 def run_batch(args) -> int:
     inputs = collect_inputs(args.inputs)
     settings = fit_settings(args)
-    device = check_setup(settings.fit_options, inputs)
-    no_export = note_missing_rigged_export(settings)
     with output_folder(settings.out):
+        device = check_setup(settings.fit_options, inputs)
+        no_export = note_missing_rigged_export(settings)
         outcomes = fit_batch(inputs, settings, device, args)
     print(summary_table([outcomes[index] for index in range(len(inputs))]))
     failed = sum(outcome.status == "failed" for outcome in outcomes.values())

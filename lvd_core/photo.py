@@ -74,10 +74,10 @@ class PhotoFitResult(FitResult):
         return label
 
 
-def person_mask(rgb: np.ndarray, mask=None) -> np.ndarray:
+def person_mask(rgb: np.ndarray, mask=None, name: str = "the image") -> np.ndarray:
     """(H, W) float32 person mask of rgb (H, W, 3) uint8: `mask` (array or file) when given, else the
-    person mediapipe finds (NoPersonError when there is none)."""
-    return find_person(rgb).mask if mask is None else load_mask(mask, like=rgb)
+    person mediapipe finds (NoPersonError, naming the photo `name`, when there is none)."""
+    return find_person(rgb, name).mask if mask is None else load_mask(mask, like=rgb)
 
 
 def photo_from_model(body: BodyModel) -> np.ndarray:
@@ -172,7 +172,7 @@ def fit_photo(
     lap = StageTimer()
     report_progress(progress, 0.0, "finding the person", cancel)
     rgb = load_image(image)
-    person = person_mask(rgb, mask)
+    person = person_mask(rgb, mask, "the image" if isinstance(image, np.ndarray) else str(image))
     lap("mask")
     crop = crop_person(rgb, person)
     lap("crop")

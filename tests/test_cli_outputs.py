@@ -278,3 +278,11 @@ def test_the_preview_reuses_the_loaded_scan(tmp_path, replayed, monkeypatch):
     monkeypatch.setattr(scan_module, "read_geometry", lambda source: reads.append(source) or real_read(source))
     assert run(["fit", str(SAMPLE_SCAN), "--out", str(tmp_path), *NO_BLENDER[:2]])[0] == 0
     assert len(reads) == 1 and (tmp_path / "sample_scan_preview.png").is_file()
+
+
+def test_a_photo_without_a_person_is_named(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(tmp_path / "grey.png")
+    code, _, stderr = run(["fit", str(tmp_path / "grey.png"), "--out", str(tmp_path / "out"), *NO_BLENDER[:2]])
+    assert code == 1 and f"no person found in {tmp_path / 'grey.png'}" in stderr
