@@ -135,7 +135,7 @@ def build_cases(folder: Path, data: Path | None, marker: Path) -> list[tuple[str
     image("86 KB PNG of 9400 x 9400 px", folder / "bomb.png")
     large = Image.open(photo).convert("RGB").resize((7000, 4000))
     large.save(folder / "large.jpg", quality=85)
-    image("7000 x 4000 px JPEG (no person at that scale)", folder / "large.jpg")
+    image("7000 x 4000 px JPEG (decoded at half size)", folder / "large.jpg")
     return cases
 
 
