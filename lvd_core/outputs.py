@@ -140,6 +140,7 @@ def write_result(
     (its presence means the rest is complete). Earlier outputs of the same stem are replaced all together;
     if writing fails, they are left as they were."""
     body = body or load_body_model(result.body_name)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     final = output_paths(out_dir, stem)
     staged: dict[str, Path] = {}
     written = WrittenOutputs(paths={})
