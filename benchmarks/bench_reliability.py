@@ -170,6 +170,7 @@ def main() -> None:
         for number, (case, kind, arguments) in enumerate(build_cases(folder, data, marker)):
             out = folder / f"out{number}"
             code, message, seconds, peak_mb = run_case(arguments, out)
+            message = message.replace(f"{folder}/", "").replace(f"{ROOT}/", "")  # paths as the case named them
             outputs = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
             normal_mb.setdefault(kind, peak_mb)  # each kind's first case is its normal fit
             rows.append((case, kind, code, message, seconds, peak_mb, outputs))
