@@ -27,6 +27,7 @@ __all__ = ["CheckpointError", "register_network", "save_checkpoint", "load_check
 
 FORMAT = "lvd-checkpoint"
 VERSION = 1
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format's pickle protocol byte
 MESSAGE_DETAIL_CHARS = 160  # torch's own messages are long and multi-line: keep the start of their first line
 
 
@@ -58,15 +59,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
     payload = read_torch_file(path, device)
     config = checked_config(path, payload)
     network_class = network_class_for(path, config)
+    # The declared network is built without memory first (a small file may declare a huge one) and checked
+    # against the file's tensors; only then for real.
+    check_state_dict_fits(path, build_network(path, network_class, config, torch.device("meta")), payload["state_dict"],
+                          config["network"])
+    network = build_network(path, network_class, config, device)
+    network.load_state_dict(payload["state_dict"], strict=True)
+    network.checkpoint_metadata = config.get("metadata", {})
+    return network.eval()
+
+
+def build_network(path: str | os.PathLike, network_class: type, config: dict, device: torch.device) -> LVDNetwork:
     try:
         with device:
-            network = network_class(**config["kwargs"])
+            return network_class(**config["kwargs"])
     except Exception as error:  # a config this version of the class no longer accepts
         raise CheckpointError(f"{path}: cannot build {config['network']} from the saved config ({short(error)})") \
             from None
-    load_state_dict_checked(path, network, payload["state_dict"], config["network"], assign=False)
-    network.checkpoint_metadata = config.get("metadata", {})
-    return network.eval()
 
 
 def load_paper_checkpoint(path: str | os.PathLike, kind: str | None = None,
@@ -91,7 +100,8 @@ def load_paper_checkpoint(path: str | os.PathLike, kind: str | None = None,
         raise CheckpointError(f"{path}: holds a {name} network, but {kind} was asked for")
     with torch.device("meta"):  # no random init: the file's tensors become the parameters (assign=True)
         network = network_class(**kwargs)
-    load_state_dict_checked(path, network, state_dict, name, assign=True)
+    check_state_dict_fits(path, network, state_dict, name)
+    network.load_state_dict(state_dict, strict=True, assign=True)
     return network.to(device).eval()
 
 
@@ -104,6 +114,11 @@ def read_torch_file(path: str | os.PathLike, device: torch.device) -> object:
     """torch.load(weights_only=True), with a missing, truncated or foreign file reported as CheckpointError."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such file; expected a .pth checkpoint")
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if not start.startswith(TORCH_FILE_STARTS):
+        raise CheckpointError(f"{path}: not a torch checkpoint (it starts with {start!r}, neither a zip nor a pickle); "
+                              "expected a .pth file saved by torch.save")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
@@ -153,9 +168,9 @@ def require_state_dict(path: str | os.PathLike, state_dict: object, expected: st
                               f"{type(state_dict).__name__}); {expected}")
 
 
-def load_state_dict_checked(path: str | os.PathLike, network: LVDNetwork, state_dict: object, name: str,
-                            assign: bool) -> None:
-    """load_state_dict(strict=True), after listing missing keys, unexpected keys and shape mismatches."""
+def check_state_dict_fits(path: str | os.PathLike, network: LVDNetwork, state_dict: object, name: str) -> None:
+    """Raises, listing missing keys, unexpected keys and shape mismatches, unless load_state_dict(strict=True)
+    would take state_dict (network may live on the meta device)."""
     require_state_dict(path, state_dict, f"expected the weights of {name}")
     expected = {key: tuple(value.shape) for key, value in network.state_dict().items()}
     missing = [key for key in expected if key not in state_dict]
@@ -167,7 +182,6 @@ def load_state_dict_checked(path: str | os.PathLike, network: LVDNetwork, state_
                  ("shape mismatches, file vs network", mismatched)) if keys]
     if problems:
         raise CheckpointError(f"{path}: weights do not fit {name}: {'; '.join(problems)}")
-    network.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def listing(items: list[str], shown: int = 3) -> str:

@@ -3,17 +3,26 @@
     lvd fit SCAN [options]          lvd batch DIR|GLOB ... [options]
     lvd demo [--out DIR]            lvd train --body NAME [options]
 
-Commands only translate options into lvd_core calls and print what happened. Exit codes: 0 everything
-fitted, 1 some input failed, 2 bad usage (options, unknown body, missing input), 130 interrupted.
+Commands only translate options into lvd_core calls and print what happened (EXIT_CODES). The rigged
+.glb/.fbx are written by the Blender extension's headless exporter (lvd_blender.headless_export) in a process of
+its own: the core never imports Blender.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import glob
+import hashlib
 import json
 import os
+import pickle
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,16 +30,26 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from . import __version__
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = ("exit codes: 0 every input fitted; 1 an input could not be read or fitted; 2 usage or setup (options, "
+              "--out, --model-file, --weights, a missing input); 130 interrupted")  # fmt: skip
+RIGGED_EXPORTER = "lvd_blender.headless_export"  # run as a module in a process of its own, never imported here
+RIGGED_EXPORT_TIMEOUT_S = 600
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MASK_SUFFIX = "_mask"  # photo.png may come with its person mask photo_mask.png
 PREVIEW_SCAN_POINTS = 20_000
+# A fit whose median scan-to-body distance exceeds this share of the body's size is refused: no body fits so
+# badly unless the scan was read in the wrong units or up axis (fits of real scans lie under 3%).
+MAX_RESIDUAL_SHARE = 0.1
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_SCAN = DATA_DIR / "sample_scan.ply"
 
 
 class UsageError(Exception):
-    """Options that cannot work together or an input that is not there (exit code 2)."""
+    """Options that cannot work together, a setup that cannot work (--out, --model-file, --weights) or an input
+    that is not there (exit code 2)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,11 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True, help="write <name>_preview.png")
 
     parser = argparse.ArgumentParser(
-        prog="lvd", parents=[common], description="Learned Vertex Descent: fit a rigged, posed, shaped body model to scans."
+        prog="lvd", parents=[common], description="Learned Vertex Descent: fit a rigged, posed, shaped body model to scans.",
+        epilog=EXIT_CODES,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fit = commands.add_parser(
-        "fit", parents=[common, threads, fitting], help="fit one scan", description="Fit one scan (or photo) and write its outputs."
+        "fit", parents=[common, threads, fitting], help="fit one scan", description="Fit one scan (or photo) and write its outputs.",
+        epilog=EXIT_CODES,
     )
     fit.add_argument("input", type=Path, help="scan file (.obj .ply .stl .off .glb .gltf) or photo (.png .jpg .webp; its "
                                               "person mask NAME_mask.png beside it is used when there, else found automatically)")  # fmt: skip
@@ -88,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         parents=[common, threads, fitting],
         help="fit many scans",
-        description="Fit many scans; resumable (inputs whose outputs exist are skipped), one bad file does not stop the rest.",
+        description="Fit many scans; resumable (inputs whose complete outputs exist for the same file are skipped), one bad "
+                    "file does not stop the rest.",
+        epilog=EXIT_CODES,
     )
     batch.add_argument("inputs", nargs="+", metavar="DIR|GLOB|FILE", help="folders (their scans and photos), glob patterns or files")
     batch.add_argument("--workers", type=positive_int, metavar="N", help="CPU worker processes (default: min(2, CPU count))")
@@ -146,16 +169,33 @@ def fit_settings(args) -> FitSettings:
     return FitSettings(args.out, options, args.export, args.preview)
 
 
-def check_body_and_device(options: dict):
-    """The torch device the fits will use; UsageError when the body model or the device cannot be used."""
-    from .body import BodyModelError, load_body_model
+def check_setup(options: dict, sources: list[Path]):
+    """The torch device the fits will use; UsageError when the body model, the device or the networks the
+    inputs need (--weights, or the default for the body) cannot be used."""
+    from .body import load_body_model
     from .devices import pick_device
+    from .pipeline import load_network
 
     try:
         load_body_model(options["body"], options.get("model_path"))
-        return pick_device(options["device"])
-    except (BodyModelError, RuntimeError) as error:
+        device = pick_device(options["device"])
+        for kinds in {("photo" if is_photo(source) else "scan") for source in sources}:
+            load_network(weights_path(kinds, options), device)
+    except (ValueError, RuntimeError, OSError) as error:  # BodyModelError, CheckpointError, InputError are ValueErrors
         raise UsageError(one_line(error)) from None
+    return device
+
+
+def weights_path(kind: str, options: dict) -> Path:
+    """The network checkpoint a fit of this kind ("scan" or "photo") uses with these options."""
+    from .pipeline import resolve_weights
+
+    if kind == "scan":
+        return resolve_weights(options["body"], options.get("weights"))
+    from .photo import DEFAULT_PHOTO_WEIGHTS
+
+    return resolve_weights(options["body"], options.get("weights"), defaults=DEFAULT_PHOTO_WEIGHTS, kind="photo",
+                           no_default="fit photos with body 'anny'")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,6 +216,7 @@ class Outcome:
     doubtful: bool = False  # the result's: the network likely misread the pose
     timings: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # what was left out or guessed (e.g. no rigged export, no units)
 
 
 def is_photo(path: Path) -> bool:
@@ -183,17 +224,26 @@ def is_photo(path: Path) -> bool:
 
 
 def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
-    """Fit one scan or photo and write its outputs: (FitResult, {kind: path}). Core errors propagate."""
+    """Fit one scan or photo and write its outputs: (FitResult, WrittenOutputs). Core errors propagate."""
     from . import pipeline
 
     options = settings.fit_options
     if is_photo(source):
-        from .inputs.image import load_image
+        result = pipeline.fit_photo(source, given_mask(source), **options)
+        return result, write_outputs(source, stem, settings, result)
+    scan = load_input_scan(source, options)
+    result = pipeline.fit_scan(scan, **options)
+    return result, write_outputs(source, stem, settings, result, scan)
 
-        result = pipeline.fit_photo(load_image(source), given_mask(source), **options)
-    else:
-        result = pipeline.fit_scan(source, **options)
-    return result, write_outputs(source, stem, settings, result)
+
+def load_input_scan(source: Path, options: dict):
+    """The scan as the fit reads it, loaded once for the fit and the preview."""
+    from .body import load_body_model
+    from .canonical import body_kind
+    from .inputs.scan import load_scan
+
+    kind = body_kind(load_body_model(options["body"], options.get("model_path")))
+    return load_scan(source, units=options.get("units"), up=options.get("up"), kind=kind)
 
 
 def given_mask(photo: Path) -> Path | None:
@@ -214,28 +264,105 @@ def is_mask_of_another_input(path: Path) -> bool:
     return any(path.with_name(photo_stem + extension).is_file() for extension in PHOTO_EXTENSIONS)
 
 
-def write_outputs(source: Path, stem: str, settings: FitSettings, result) -> dict:
-    """Write a fitted input's files (lvd_core.outputs.write_result, with the scan's points in its preview)."""
+def write_outputs(source: Path, stem: str, settings: FitSettings, result, scan=None):
+    """Check the fit, then write its files (lvd_core.outputs.write_result: the scan's points in its preview,
+    the input's fingerprint in its json): a WrittenOutputs."""
     from .body import load_body_model
     from .outputs import write_result
 
     body = load_body_model(result.body_name, settings.fit_options.get("model_path"))
-    scan_points = None
-    if settings.preview and not is_photo(source):
-        started = time.perf_counter()
-        scan_points = preview_points(source, result, body)
-        result.timings["preview_scan"] = round(time.perf_counter() - started, 3)
-    return write_result(result, settings.out, stem, body=body, scan_points=scan_points, export=settings.export, preview=settings.preview)
+    kind = "photo" if is_photo(source) else "scan"
+    if kind == "scan":
+        check_residual(result, body)
+    scan_points = preview_points(scan) if settings.preview and scan is not None else None
+    record = {"input": input_record(source), "lvd_version": __version__,
+              "weights_sha256": file_sha256(weights_path(kind, settings.fit_options))}  # fmt: skip
+    writer = write_rigged_in_blender if settings.export else None
+    written = write_result(result, settings.out, stem, body=body, scan_points=scan_points, rigged_writer=writer,
+                           preview=settings.preview, record=record)  # fmt: skip
+    if result.units == "unitless" and kind == "scan":
+        written.warnings.append(f"units unknown ({unitless_size(result, body)}): sized like the model; pass --units if it is a person")
+    return written
 
 
-def preview_points(source: Path, result, body):
-    """A sample of the scan's surface points for the preview, read as the fit read them."""
-    from .canonical import body_kind
-    from .inputs.scan import load_scan
+def preview_points(scan):
+    """A sample of the loaded scan's surface points for the preview (input frame)."""
+    import numpy as np
+
+    return scan.points[np.random.default_rng(0).permutation(len(scan.points))[:PREVIEW_SCAN_POINTS]]
+
+
+def check_residual(result, body) -> None:
+    """Refuse a fit whose median scan-to-body distance is over MAX_RESIDUAL_SHARE of the body's size: the scan
+    was read in the wrong units or up axis (or is no body), and the numbers would be nonsense."""
+    import numpy as np
+
+    from .inputs.scan import ScanError
+    from .outputs import apply_matrix
+
+    model_vertices = apply_matrix(np.linalg.inv(result.input_from_model), result.vertices_input)
+    size_mm = 1000 * float(np.ptp(model_vertices, axis=0).max())
+    if not result.residual_mm <= MAX_RESIDUAL_SHARE * size_mm:  # also NaN
+        raise ScanError(f"the fit is off: the scan lies {result.residual_mm:.0f} mm (median) from a {size_mm:.0f} mm body; "
+                        "check --units and --up")  # fmt: skip
+
+
+def unitless_size(result, body) -> str:
+    import numpy as np
+
     from .outputs import input_up_axis
 
-    up = input_up_axis(result, body)
-    return load_scan(source, units=result.units, up=up, kind=body_kind(body), max_points=PREVIEW_SCAN_POINTS).points
+    extent = np.ptp(result.vertices_input, axis=0)
+    return f"the fitted body is {extent['xyz'.index(input_up_axis(result, body))]:.4g} units tall"
+
+
+def input_record(source: Path) -> dict:
+    """What a json says of its input, so a resumed batch knows the outputs are this file's."""
+    return {"path": str(source.resolve()), "size": source.stat().st_size, "sha256": file_sha256(source)}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_rigged_in_blender(stem: str, character: dict, targets: dict) -> None:
+    """lvd_core.outputs.write_result's rigged writer: `python -m lvd_blender.headless_export` in a process of its
+    own (bpy's sys.path entries, memory and crashes stay out of this process and a batch's workers), the request
+    pickled on its stdin. Raises RiggedExportError with the reason."""
+    from .outputs import RiggedExportError
+
+    reason = rigged_export_unavailable()
+    if reason:
+        raise RiggedExportError(reason)
+    source_root = str(Path(__file__).resolve().parents[1])  # the extension's sources beside this lvd_core
+    request = pickle.dumps({"name": stem, "character": character, "targets": {kind: str(path) for kind, path in targets.items()}})
+    with tempfile.TemporaryDirectory(prefix="lvd-blender-user-") as blender_user:  # else bpy writes to ~/.config/blender
+        environment = dict(os.environ, BLENDER_USER_RESOURCES=blender_user,
+                           PYTHONPATH=os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])))  # fmt: skip
+        try:
+            done = subprocess.run([sys.executable, "-m", RIGGED_EXPORTER], input=request, capture_output=True,
+                                  env=environment, timeout=RIGGED_EXPORT_TIMEOUT_S)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise RiggedExportError(f"Blender's export took over {RIGGED_EXPORT_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RiggedExportError(f"Blender's export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+
+
+def rigged_export_unavailable() -> str | None:
+    """None when Blender's bpy and the extension's package are installed; else why not, in one line. Looked
+    up without importing them (bpy is imported only by the exporter's own process)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bpy") is None:
+        return "Blender's bpy module is not installed (pip install bpy)"
+    if importlib.util.find_spec(RIGGED_EXPORTER.split(".")[0]) is None:
+        return "the Blender extension's package (lvd_blender) is not installed beside lvd_core"
+    return None
 
 
 def fit_quietly(source: Path, stem: str, settings: FitSettings, debug: bool = False) -> Outcome:
@@ -243,16 +370,17 @@ def fit_quietly(source: Path, stem: str, settings: FitSettings, debug: bool = Fa
     one-line message, else the exception's first line (its traceback with `debug`)."""
     started = time.perf_counter()
     try:
-        result, paths = fit_input(source, stem, settings)
+        result, written = fit_input(source, stem, settings)
     except Exception as error:
         return Outcome(str(source), "failed", seconds=time.perf_counter() - started, message=error_message(error, debug))
-    return fitted_outcome(source, result, paths, time.perf_counter() - started)
+    return fitted_outcome(source, result, written, time.perf_counter() - started)
 
 
-def fitted_outcome(source: Path, result, paths: dict, seconds: float) -> Outcome:
+def fitted_outcome(source: Path, result, written, seconds: float) -> Outcome:
     return Outcome(str(source), "fitted", result.residual_mm, seconds, timings=result.timings,
-                   paths={kind: str(path) for kind, path in paths.items()}, quality=result.quality_label(),
-                   quality_cell=result.quality_label(short=True), doubtful=result.doubtful)  # fmt: skip
+                   paths={kind: str(path) for kind, path in written.paths.items()}, quality=result.quality_label(),
+                   quality_cell=result.quality_label(short=True), doubtful=result.doubtful,
+                   message="; ".join(written.warnings), warnings=written.warnings)  # fmt: skip
 
 
 def fit_together(todo: list[tuple[int, Path, str]], settings: FitSettings, debug: bool = False) -> list[tuple[int, Outcome]]:
@@ -261,20 +389,25 @@ def fit_together(todo: list[tuple[int, Path, str]], settings: FitSettings, debug
     time. Each scan's seconds are its share of the batch."""
     from . import pipeline
 
-    photos = [item for item in todo if is_photo(item[1])]
-    scans = [item for item in todo if not is_photo(item[1])]
-    outcomes = [(index, fit_quietly(source, stem, settings, debug)) for index, source, stem in photos]
+    outcomes = [(index, fit_quietly(source, stem, settings, debug)) for index, source, stem in todo if is_photo(source)]
     started = time.perf_counter()
+    scans = []
+    for index, source, stem in todo:
+        if not is_photo(source):
+            try:
+                scans.append((index, source, stem, load_input_scan(source, settings.fit_options)))
+            except ValueError as error:
+                outcomes.append((index, Outcome(str(source), "failed", message=error_message(error, debug))))
     try:
-        results = pipeline.fit_scans([source for _, source, _ in scans], **settings.fit_options) if scans else []
+        results = pipeline.fit_scans([scan for *_, scan in scans], **settings.fit_options) if scans else []
     except Exception as error:  # a problem of the options: no scan of the batch could be fitted
         results = [error] * len(scans)
     share = (time.perf_counter() - started) / max(len(scans), 1)
-    for (index, source, stem), result in zip(scans, results):
+    for (index, source, stem, scan), result in zip(scans, results):
         try:
             if isinstance(result, Exception):
                 raise result
-            outcome = fitted_outcome(source, result, write_outputs(source, stem, settings, result), share)
+            outcome = fitted_outcome(source, result, write_outputs(source, stem, settings, result, scan), share)
         except Exception as error:
             outcome = Outcome(str(source), "failed", seconds=share, message=error_message(error, debug))
         outcomes.append((index, outcome))
@@ -298,13 +431,108 @@ def format_timings(timings: dict) -> str:
     return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items())
 
 
-def note_missing_rigged_export(settings: FitSettings) -> None:
-    """Say once, before fitting, why the rigged files will not be written when they were asked for."""
-    from .rigged_export import bpy_unavailable_reason
-
-    reason = settings.export and bpy_unavailable_reason()
+def note_missing_rigged_export(settings: FitSettings) -> str | None:
+    """Say once, before fitting, why the rigged files will not be written when they were asked for (and stop
+    asking for them); returns the reason for the summary."""
+    reason = settings.export and rigged_export_unavailable()
     if reason:
-        print(f"note: no rigged .glb/.fbx: {reason}", file=sys.stderr)
+        print(f"warning: no rigged .glb/.fbx for any input: {reason}", file=sys.stderr)
+        settings.export = False
+    return reason or None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the output folder
+
+
+@contextlib.contextmanager
+def output_folder(out: Path):
+    """Create `out` if need be, check that it is a folder this process can write to, and hold it for this run:
+    a lock released when the process ends, even killed (two runs on one folder would fit the same inputs twice
+    and mix their files); what a killed run left half-written there is removed. UsageError when it cannot."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; pick a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {out} ({error.strerror or error}); pick a folder you can write to") from None
+    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; runs on one folder are the user's care
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"another lvd run is writing to {out}; wait for it to finish or pick another --out") from None
+        from .outputs import remove_partial_files
+
+        remove_partial_files(out)
+        yield out
+    finally:
+        os.close(descriptor)
+
+
+def finished_record(out: Path, stem: str) -> dict | None:
+    """The json of out/<stem> when it is a complete record of a fit (written by this version: it names its
+    input and outputs), else None."""
+    try:
+        record = json.loads((out / f"{stem}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    complete = isinstance(record, dict) and isinstance(record.get("input"), dict) and isinstance(record.get("outputs"), dict)
+    return record if complete else None
+
+
+def is_done(out: Path, stem: str, source: Path) -> bool:
+    """Whether out/<stem>'s outputs are complete and were fitted from this very file (path, size and content)."""
+    record = finished_record(out, stem)
+    if record is None or not all((out / name).is_file() for name in record["outputs"].values()):
+        return False
+    recorded = record["input"]
+    if (recorded.get("path"), recorded.get("size")) != (str(source.resolve()), source.stat().st_size):
+        return False
+    return recorded.get("sha256") == file_sha256(source)
+
+
+def output_stems(sources: list[Path], out: Path) -> list[str]:
+    """Each input's output name in `out`: its stem, else <stem>-2, -3 ... so that no two inputs share one, in
+    this run or with earlier ones (a/x.obj and b/x.obj). An input whose outputs already exist keeps their name
+    (their json records its path); the others take the first name free here and in `out`."""
+    owners: dict[str, str | None] = {}
+
+    def owner(stem: str) -> str | None:  # the input path out/<stem>.json records
+        if stem not in owners:
+            record = finished_record(out, stem)
+            owners[stem] = record["input"].get("path") if record else None
+        return owners[stem]
+
+    def candidates(stem: str):
+        yield stem
+        number = 2
+        while True:
+            yield f"{stem}-{number}"
+            number += 1
+
+    paths = [str(source.resolve()) for source in sources]
+    stems: list[str | None] = [None] * len(sources)
+    taken: set[str] = set()
+    for i, source in enumerate(sources):
+        for stem in candidates(source.stem):
+            if not (out / f"{stem}.json").exists():
+                break
+            if owner(stem) == paths[i] and stem not in taken:
+                stems[i] = stem
+                taken.add(stem)
+                break
+    for i, source in enumerate(sources):
+        if stems[i] is None:
+            stems[i] = next(stem for stem in candidates(source.stem) if stem not in taken and owner(stem) in (None, paths[i]))
+            taken.add(stems[i])
+    return stems
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -312,32 +540,69 @@ def note_missing_rigged_export(settings: FitSettings) -> None:
 
 
 def run_fit(args) -> int:
-    if not args.input.is_file():
-        raise UsageError(f"no such file: {args.input}")
+    check_input_file(args.input)
     settings = fit_settings(args)
-    check_body_and_device(settings.fit_options)
-    note_missing_rigged_export(settings)
-    outcome = fit_quietly(args.input, args.input.stem, settings, getattr(args, "debug", False))
+    with output_folder(settings.out):  # checked first: a fit's work is not thrown away on a folder it cannot write
+        check_setup(settings.fit_options, [args.input])
+        note_missing_rigged_export(settings)
+        [stem] = output_stems([args.input], settings.out)
+        outcome = fit_quietly(args.input, stem, settings, getattr(args, "debug", False))
     if outcome.status == "failed":
         print(f"error: {outcome.message}", file=sys.stderr)
         return EXIT_FAILED
+    for warning in outcome.warnings:
+        print(f"warning: {args.input}: {warning}", file=sys.stderr)
     print(f"fitted {args.input} in {outcome.seconds:.1f} s ({format_timings(outcome.timings)})")
     print(outcome.quality)
     print("wrote " + ", ".join(outcome.paths.values()))
     return EXIT_OK
 
 
-def run_batch(args) -> int:
-    from .devices import batch_size_for
+def check_input_file(path: Path) -> None:
+    """UsageError naming what `path` is when it is not a readable file: missing, a folder, a link loop."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a scan or photo; fit its files with `lvd batch {path}`")
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 reports a loop so
+            raise UsageError(f"{path} is a symbolic link loop; point the link at a scan or photo") from None
+        except OSError as error:
+            raise UsageError(f"{path} is a symbolic link to {os.readlink(path)}, which {error.strerror.lower()}") from None
+    raise UsageError(f"no such file: {path}")
 
+
+def run_batch(args) -> int:
     inputs = collect_inputs(args.inputs)
     settings = fit_settings(args)
-    device = check_body_and_device(settings.fit_options)
-    note_missing_rigged_export(settings)
+    with output_folder(settings.out):
+        device = check_setup(settings.fit_options, inputs)
+        no_export = note_missing_rigged_export(settings)
+        outcomes = fit_batch(inputs, settings, device, args)
+    print(summary_table([outcomes[index] for index in range(len(inputs))]))
+    failed = sum(outcome.status == "failed" for outcome in outcomes.values())
+    fitted = sum(outcome.status == "fitted" for outcome in outcomes.values())
+    doubtful = sum(outcome.doubtful for outcome in outcomes.values())
+    warned = sum(bool(outcome.warnings) for outcome in outcomes.values())
+    check = f" ({doubtful} marked doubtful, \", check\" above: the network may have misread the pose)" if doubtful else ""
+    warnings = f", {warned} with warnings (notes above)" if warned else ""
+    print(f"fitted {fitted}{check}{warnings}, skipped {len(inputs) - fitted - failed} (already done), failed {failed}; "
+          f"outputs in {settings.out}")  # fmt: skip
+    if no_export:
+        print(f"no rigged .glb/.fbx were written: {no_export}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[int, Outcome]:
+    """Fit the inputs not done yet (output_folder held), reporting each as it ends: {input index: Outcome}."""
+    from .devices import batch_size_for
+
     outcomes: dict[int, Outcome] = {}
     todo = []
-    for index, (source, stem) in enumerate(zip(inputs, unique_stems(inputs))):
-        if (settings.out / f"{stem}.json").is_file() and not args.force:  # written last: the outputs are complete
+    for index, (source, stem) in enumerate(zip(inputs, output_stems(inputs, settings.out))):
+        if not args.force and is_done(settings.out, stem, source):
             outcomes[index] = Outcome(str(source), "skipped", message="outputs exist (--force fits it again)")
         else:
             todo.append((index, source, stem))
@@ -350,6 +615,8 @@ def run_batch(args) -> int:
         outcomes[index] = outcome
         if outcome.status == "failed":
             print(f"error: {outcome.source}: {outcome.message}", file=sys.stderr)
+        for warning in outcome.warnings:
+            print(f"warning: {outcome.source}: {warning}", file=sys.stderr)
         print(progress_line(len(outcomes) - (len(inputs) - len(todo)), len(todo), started), file=sys.stderr)
 
     if batch_size > 1:  # a GPU: batches of scans, one after another in this process
@@ -360,7 +627,7 @@ def run_batch(args) -> int:
         for index, source, stem in todo:
             report(index, fit_quietly(source, stem, settings, debug))
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=set_torch_threads, initargs=(args.threads,))
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start_worker, initargs=(args.threads, os.getpid()))
         try:
             futures = {pool.submit(fit_quietly, source, stem, settings, debug): (index, source) for index, source, stem in todo}
             for future in as_completed(futures):
@@ -372,19 +639,37 @@ def run_batch(args) -> int:
                 report(index, outcome)
         finally:
             pool.shutdown(cancel_futures=True)  # on Ctrl-C, queued inputs are dropped rather than fitted
-    print(summary_table([outcomes[index] for index in range(len(inputs))]))
-    failed = sum(outcome.status == "failed" for outcome in outcomes.values())
-    fitted = sum(outcome.status == "fitted" for outcome in outcomes.values())
-    doubtful = sum(outcome.doubtful for outcome in outcomes.values())
-    check = f" ({doubtful} marked doubtful, \", check\" above: the network may have misread the pose)" if doubtful else ""
-    print(f"fitted {fitted}{check}, skipped {len(inputs) - fitted - failed} (already done), failed {failed}; outputs in {settings.out}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return outcomes
 
 
 def set_torch_threads(count: int) -> None:
     import torch
 
     torch.set_num_threads(count)
+
+
+def start_worker(threads: int, parent: int) -> None:
+    """A batch worker's setup: torch threads, and death with the batch's process `parent` (a killed batch must
+    not leave workers fitting and writing to its folder)."""
+    die_with_parent(parent)
+    set_torch_threads(threads)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when `parent` (the pid that started it) ends: Linux's parent-death signal, else a
+    thread watching the parent pid."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(EXIT_INTERRUPTED)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(EXIT_INTERRUPTED)
 
 
 def collect_inputs(patterns: list[str]) -> list[Path]:
@@ -397,30 +682,18 @@ def collect_inputs(patterns: list[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS + PHOTO_EXTENSIONS)
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS + PHOTO_EXTENSIONS and p.is_file())
         elif any(character in pattern for character in "*?["):
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        elif path.is_file():
-            matches = [path]
         else:
-            raise UsageError(f"no such file or folder: {pattern}")
+            check_input_file(path)
+            matches = [path]
         if not path.is_file():  # folders and patterns: a photo's mask is not an input of its own
             matches = [m for m in matches if not is_mask_of_another_input(m)]
         if not matches:
             raise UsageError(f"no scans or photos in {pattern}")
         found += matches
     return list(dict.fromkeys(found))
-
-
-def unique_stems(paths: list[Path]) -> list[str]:
-    """Output names: each input's stem, with -2, -3 ... for later inputs of the same stem (stable, so a
-    re-run finds its outputs again)."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
-    return stems
 
 
 def progress_line(done: int, total: int, started: float) -> str:
@@ -440,16 +713,19 @@ def summary_table(outcomes: list[Outcome]) -> str:
 
 
 def run_demo(args) -> int:
+    from . import pipeline
     from .body import load_body_model
     from .outputs import write_preview
 
-    settings = FitSettings(args.out, {}, preview=False)  # the demo's preview is preview.png
+    settings = FitSettings(args.out, {"body": "anny"}, preview=False)  # the demo's preview is preview.png
     note_missing_rigged_export(settings)
     started = time.perf_counter()
-    result, paths = fit_input(SAMPLE_SCAN, SAMPLE_SCAN.stem, settings)
-    body = load_body_model(result.body_name)
-    scan_points = preview_points(SAMPLE_SCAN, result, body)
-    paths["preview"] = write_preview(args.out / "preview.png", result, body, scan_points, title="LVD demo")
+    with output_folder(settings.out):
+        scan = load_input_scan(SAMPLE_SCAN, settings.fit_options)
+        result = pipeline.fit_scan(scan, **settings.fit_options)
+        paths = write_outputs(SAMPLE_SCAN, SAMPLE_SCAN.stem, settings, result, scan).paths
+        body = load_body_model(result.body_name)
+        paths["preview"] = write_preview(args.out / "preview.png", result, body, preview_points(scan), title="LVD demo")
     print(f"fitted the sample scan {SAMPLE_SCAN} in {time.perf_counter() - started:.1f} s ({format_timings(result.timings)})")
     print(result.quality_label())
     print(f"error against the known ground truth: {sample_truth_error_mm(result.vertices_input):.1f} mm (mean vertex distance)")

@@ -1,5 +1,6 @@
 """Write a fit's results to files: parameters (.npz, .json), the fitted mesh in the input's frame (.obj, .ply),
-a preview (.png) and, when Blender's bpy is installed, the rigged character (.glb, .fbx).
+a preview (.png) and, through a writer the caller gives (the CLI's runs Blender), the rigged character (.glb, .fbx).
+Every file is written whole or not at all (`write_result`).
 
 Frames. The .npz/.json parameters are in the model frame (metres, the model's up axis); `input_from_model`
 maps them to the input's frame and units, which is where the .obj/.ply mesh is (it overlays the scan file
@@ -13,8 +14,11 @@ metres (what Blender's importers assume).
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -62,12 +66,55 @@ def params_summary(result: FitResult, body: BodyModel) -> dict:
         "scale": float(arrays["scale"][0, 0]),
         "input_from_model": result.input_from_model.tolist(),
         "residual_mm": result.residual_mm,
-        # the network's vertices against the fitted body (lvd_core.pipeline.DOUBT_SHARE); photos: null, false
+        # scans: the network's vertices against the fitted body (lvd_core.pipeline.DOUBT_SHARE); photos: null, and
+        # doubtful from the silhouette IoU (lvd_core.photo.DOUBT_IOU)
         "disagreement_mm": None if np.isnan(result.disagreement_mm) else result.disagreement_mm,
         "doubtful": result.doubtful,
         "facing_deg": result.facing_deg,
         "batch_size": result.batch_size,  # scans fitted together; the timings are then the whole batch's
         "timings": result.timings,
+    }
+
+
+# Every file of one fit, by kind: <stem> + suffix. The .json is the record that the others are complete.
+OUTPUT_SUFFIXES = {"npz": ".npz", "obj": "_body.obj", "ply": "_body.ply", "preview": "_preview.png", "glb": ".glb", "fbx": ".fbx",
+                   "json": ".json"}  # fmt: skip
+RIGGED_KINDS = ("glb", "fbx")
+PARTIAL_MARK = ".lvd-partial-"
+
+
+class RiggedExportError(RuntimeError):
+    """The rigged .glb/.fbx could not be written (e.g. Blender's bpy missing); the message says why in one line."""
+
+
+@dataclass
+class WrittenOutputs:
+    """The files of one fit by kind (json last) and what was left out and why (e.g. the rigged export)."""
+
+    paths: dict[str, Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
+    return {kind: Path(out_dir) / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def partial_path(path: Path) -> Path:
+    """The name `path` is written under until every output is complete (same folder, same extension: writers
+    pick their format from it); hidden, and marked so a later run can clear what a killed one left."""
+    return path.with_name(f".{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+
+
+def rigged_character(result: FitResult, body: BodyModel) -> dict:
+    """What a rigged writer needs (plain numbers, no torch): lvd_core.export's character description, the map
+    from the model's fitted frame to the input frame seen Z-up in metres, and the fit's quality."""
+    from .export import character_description
+
+    return {
+        "description": character_description(body, result.params),
+        "frame_matrix": zup_from_input(result, body) @ result.input_from_model,
+        "residual_mm": result.residual_mm,
+        "doubtful": result.doubtful,
     }
 
 
@@ -78,20 +125,25 @@ def write_result(
     *,
     body: BodyModel | None = None,
     scan_points: np.ndarray | None = None,
-    export: bool = True,
+    rigged_writer: Callable[[str, dict, dict[str, Path]], None] | None = None,
     preview: bool = True,
-) -> dict[str, Path]:
-    """Write every output of `result` as out_dir/<stem>* and return them by kind (npz, obj, ply and, when
-    asked, preview, glb, fbx; json last). `body`: the fitted model (needed for SMPL/MANO, whose file the
-    caller has); `scan_points` (N, 3) in the input's frame are drawn in the preview. The rigged .glb/.fbx are
-    written when `export` and bpy is importable. Each step's seconds are added to result.timings.
+    record: dict | None = None,
+) -> WrittenOutputs:
+    """Write every output of `result` as out_dir/<stem>* (OUTPUT_SUFFIXES): npz, obj, ply and, when asked, the
+    preview and the rigged glb/fbx; the json last. `body`: the fitted model (needed for SMPL/MANO, whose file
+    the caller has); `scan_points` (N, 3) in the input's frame are drawn in the preview; `rigged_writer(stem,
+    rigged_character(...), {"glb": path, "fbx": path})` writes the rigged files (RiggedExportError: they are
+    left out with a warning); `record` is added to the json (e.g. the input's fingerprint). Each step's
+    seconds are added to result.timings.
 
-    The .json is written last, so its presence means every output is complete (`lvd batch` resumes on it)."""
-    import trimesh
-
+    Whole or nothing: every file is written under a partial name, then renamed into place, the json last
+    (its presence means the rest is complete). Earlier outputs of the same stem are replaced all together;
+    if writing fails, they are left as they were."""
     body = body or load_body_model(result.body_name)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    final = output_paths(out_dir, stem)
+    staged: dict[str, Path] = {}
+    written = WrittenOutputs(paths={})
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -100,9 +152,41 @@ def write_result(
         result.timings[name] = round(now - clock, 3)
         clock = now
 
-    paths = {"npz": out_dir / f"{stem}.npz", "obj": out_dir / f"{stem}_body.obj", "ply": out_dir / f"{stem}_body.ply"}
+    def stage(kind: str) -> Path:
+        staged[kind] = partial_path(final[kind])
+        return staged[kind]
+
+    try:
+        write_mesh_files(result, body, stage)
+        lap("write")
+        if preview:
+            write_preview(stage("preview"), result, body, scan_points, title=stem)
+            lap("preview")
+        if rigged_writer is not None:
+            targets = {kind: stage(kind) for kind in RIGGED_KINDS}
+            try:
+                rigged_writer(stem, rigged_character(result, body), targets)
+                lap("rigged_export")
+            except RiggedExportError as error:
+                written.warnings.append(f"no rigged .glb/.fbx: {error}")
+                for kind in RIGGED_KINDS:
+                    staged.pop(kind).unlink(missing_ok=True)
+        summary = params_summary(result, body) | {"outputs": {kind: final[kind].name for kind in [*staged, "json"]}} | (record or {})
+        stage("json").write_text(json.dumps(summary, indent=1))
+        commit(staged, final)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)  # left only when writing failed: renamed away otherwise
+    written.paths = {kind: final[kind] for kind in staged}
+    return written
+
+
+def write_mesh_files(result: FitResult, body: BodyModel, stage: Callable[[str], Path]) -> None:
+    """The parameters (.npz) and the fitted mesh in the input's frame (.obj, .ply), each to stage(kind)."""
+    import trimesh
+
     np.savez(
-        paths["npz"],
+        stage("npz"),
         **result.params.to_numpy(),
         input_from_model=result.input_from_model,
         vertices_input=result.vertices_input,
@@ -116,21 +200,31 @@ def write_result(
         shape_names=np.array(body.shape_names),
     )
     mesh = trimesh.Trimesh(result.vertices_input, body.faces, process=False)
-    mesh.export(paths["obj"])
-    mesh.export(paths["ply"])
-    lap("write")
-    if preview:
-        paths["preview"] = write_preview(out_dir / f"{stem}_preview.png", result, body, scan_points, title=stem)
-        lap("preview")
-    if export:
-        from . import rigged_export
+    mesh.export(stage("obj"))
+    mesh.export(stage("ply"))
 
-        if rigged_export.bpy_available():
-            paths.update(rigged_export.export_rigged(result, out_dir, stem, body=body))
-            lap("rigged_export")
-    paths["json"] = out_dir / f"{stem}.json"
-    paths["json"].write_text(json.dumps(params_summary(result, body), indent=1))
-    return paths
+
+def commit(staged: dict[str, Path], final: dict[str, Path]) -> None:
+    """Rename the staged files into place: the old json goes first (the stem counts as unfinished until the
+    new one lands), then every other file, outputs of kinds this fit has not (e.g. an old .glb) removed, and
+    the json last."""
+    final["json"].unlink(missing_ok=True)
+    for kind, path in final.items():
+        if kind == "json":
+            continue
+        if kind in staged:
+            os.replace(staged[kind], path)
+        else:
+            path.unlink(missing_ok=True)
+    os.replace(staged["json"], final["json"])
+
+
+def remove_partial_files(out_dir: str | Path) -> int:
+    """Remove what writers killed mid-way left in out_dir (only safe while no other run writes there)."""
+    partial = [path for path in Path(out_dir).glob(f".*{PARTIAL_MARK}*") if path.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
 
 
 def write_preview(path: Path, result: FitResult, body: BodyModel, scan_points: np.ndarray | None, title: str) -> Path:

@@ -46,6 +46,10 @@ SILHOUETTE_WEIGHT = 5.0
 # The size is unknown (fit_scale). No age restarts: they fix millimetre-deep shape minima, photo LVD is centimetres
 # off; measured on 6 crops: the same IoU (0.651 vs 0.652), 38% less fit time.
 PHOTO_FIT = FitOptions(fit_scale=True, age_probes=(), surface_iterations=8, surface_weight=SILHOUETTE_WEIGHT)
+# A photo fit is doubtful when its silhouette covers the person mask this poorly (IoU): the six sample photos reach
+# 0.80-0.92 with the silhouette refinement and 0.72-0.86 without, held-out renders 0.85-0.92; a mask covering two
+# people gives 0.32 (results_photo.md, results_reliability.md).
+DOUBT_IOU = 0.6
 OUTLINE_PAIRS = 600  # outline vertices and mask outline pixels paired each round of the silhouette refinement
 
 
@@ -62,13 +66,18 @@ class PhotoFitResult(FitResult):
     mask_iou: float = float("nan")  # the fitted body's silhouette against the crop's person mask
 
     def quality_label(self, short: bool = False) -> str:
-        return f"IoU {self.mask_iou:.3f}" if short else f"silhouette IoU {self.mask_iou:.3f} with the person mask"
+        if short:
+            return f"IoU {self.mask_iou:.3f}" + (", check" if self.doubtful else "")
+        label = f"silhouette IoU {self.mask_iou:.3f} with the person mask"
+        if self.doubtful:
+            label += f"; doubtful: under {DOUBT_IOU}, as when the mask holds more than one person or the pose was misread: check the fit"
+        return label
 
 
-def person_mask(rgb: np.ndarray, mask=None) -> np.ndarray:
+def person_mask(rgb: np.ndarray, mask=None, name: str = "the image") -> np.ndarray:
     """(H, W) float32 person mask of rgb (H, W, 3) uint8: `mask` (array or file) when given, else the
-    person mediapipe finds (NoPersonError when there is none)."""
-    return find_person(rgb).mask if mask is None else load_mask(mask, like=rgb)
+    person mediapipe finds (NoPersonError, naming the photo `name`, when there is none)."""
+    return find_person(rgb, name).mask if mask is None else load_mask(mask, like=rgb)
 
 
 def photo_from_model(body: BodyModel) -> np.ndarray:
@@ -134,6 +143,7 @@ def fit_crop(
         crop=crop,
     )
     result.mask_iou = silhouette_iou(result, crop.mask)
+    result.doubtful = not result.mask_iou >= DOUBT_IOU
     return result
 
 
@@ -162,7 +172,7 @@ def fit_photo(
     lap = StageTimer()
     report_progress(progress, 0.0, "finding the person", cancel)
     rgb = load_image(image)
-    person = person_mask(rgb, mask)
+    person = person_mask(rgb, mask, "the image" if isinstance(image, np.ndarray) else str(image))
     lap("mask")
     crop = crop_person(rgb, person)
     lap("crop")

@@ -20,8 +20,7 @@ from scipy.spatial import cKDTree
 
 from lvd_core import pipeline
 from lvd_core.body import load_body_model
-from lvd_core.cli import SAMPLE_SCAN, build_parser, main, sample_truth_error_mm, train_config
-from lvd_core.rigged_export import bpy_available
+from lvd_core.cli import SAMPLE_SCAN, build_parser, main, rigged_export_unavailable, sample_truth_error_mm, train_config
 
 # The shipped scan network is still training: a mean distance of 20-35 mm from the fitted body's vertices to
 # the ground-truth surface was measured with its early checkpoints (--no-refine); 60 mm still fails a fit
@@ -29,7 +28,7 @@ from lvd_core.rigged_export import bpy_available
 OVERLAY_BOUND_MM = 60.0
 JSON_KEYS = {"body_model", "units", "frames", "global_orient", "joint_pose", "shape", "translation", "scale",
              "input_from_model", "residual_mm", "disagreement_mm", "doubtful", "facing_deg", "timings"}  # fmt: skip
-needs_bpy = pytest.mark.skipif(not bpy_available(), reason="Blender's bpy is not importable")
+needs_bpy = pytest.mark.skipif(rigged_export_unavailable() is not None, reason="Blender's bpy is not installed")
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:

@@ -332,3 +332,55 @@ def test_network_image_normalises_and_zeroes_the_background():
     assert (bgr_with_mask[3].numpy() == person).all()
     with pytest.raises(ValueError, match="'rgb' or 'bgr'"):
         network_image(crop, with_mask=False, channel_order="hsv")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory bounds and messages
+
+
+def png_header_claiming(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height pixels (a decompression bomb's first bytes)."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    header = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    path.write_bytes(bytes(data))
+
+
+def test_huge_images_are_refused_before_decoding(tmp_path):
+    from lvd_core.inputs.image import MAX_FILE_PIXELS
+
+    png_header_claiming(tmp_path / "bomb.png", 9400, 9400)  # just under Pillow's own limit: 6.6 GB once decoded
+    with pytest.raises(ImageInputError, match=rf"bomb.png is 9400 x 9400 px, over {MAX_FILE_PIXELS // 1_000_000} M pixels"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_large_photos_are_decoded_downscaled(tmp_path):
+    from lvd_core.inputs.image import MAX_PIXELS, decoded_size
+
+    Image.new("RGB", (7000, 4000), (200, 100, 50)).save(tmp_path / "large.jpg")
+    rgb = load_image(tmp_path / "large.jpg")
+    assert rgb.shape == (2000, 3500, 3) and decoded_size((7000, 4000)) == (3500, 2000)
+    assert np.abs(rgb[1000, 1000].astype(int) - [200, 100, 50]).max() <= 3
+    assert decoded_size((4000, 3000)) == (4000, 3000) and all(w * h <= MAX_PIXELS for w, h in [decoded_size((20001, 9999))])
+
+
+def test_an_all_black_mask_names_its_file(tmp_path):
+    Image.new("L", (64, 64), 0).save(tmp_path / "photo_mask.png")
+    with pytest.raises(ImageInputError, match="photo_mask.png marks no person"):
+        load_mask(tmp_path / "photo_mask.png")
+
+
+def test_finding_a_person_prints_nothing(shared_data):
+    """mediapipe's TensorFlow Lite and absl used to log their set-up on stderr, between the CLI's own lines."""
+    import subprocess
+    import sys
+
+    script = ("from lvd_core.inputs.image import load_image; from lvd_core.inputs.person_mask import find_person; "
+              f"find_person(load_image({str(shared_data / 'images' / 'img2.png')!r}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""

@@ -96,8 +96,30 @@ def test_units_and_up_are_detected_and_normalised_away(tmp_path, units, up):
 
 def test_array_source_and_overrides():
     mesh = body_mesh_z_up()
-    scan = load_scan((mesh.vertices * 100, mesh.faces), units="mm", up="y")
+    scan = load_scan((mesh.vertices * 1000, mesh.faces), units="mm", up="y")  # detected: mm, z (y: 0.47 m of depth)
     assert (scan.units, scan.up, scan.source) == ("mm", "y", "arrays")
+
+
+@pytest.mark.parametrize("units", ["m", "mm"])
+def test_given_units_that_make_no_person_are_refused(units):
+    """A centimetre scan read in metres would be fitted as a 170 m giant (a 42 m residual, and exit 0)."""
+    mesh = body_mesh_z_up()
+    height = np.ptp(mesh.vertices[:, 2]) * 100
+    with pytest.raises(ScanError, match=rf"arrays is {height:.4g} {units} tall, no body's size .*it is in cm\? pass --units cm"):
+        load_scan((mesh.vertices * 100, mesh.faces), units=units)
+
+
+@pytest.mark.parametrize("distance", [3.0, 1e30])
+def test_a_stray_vertex_changes_neither_units_nor_up(distance):
+    """One vertex metres away (or at 1e30) joined to the mesh: the raw bounding box would turn a standing
+    Z-up body in metres into a lying one, or a unitless giant."""
+    mesh = body_mesh_z_up()
+    stray = mesh.vertices[np.argmax(mesh.vertices[:, 1])] + [0.0, distance, 0.0]
+    vertices = np.vstack([mesh.vertices, stray])
+    faces = np.vstack([mesh.faces, [[len(mesh.vertices), 0, 1]]])
+    scan = load_scan((vertices, faces))
+    assert (scan.units, scan.up, scan.cleaning["stray_vertices"]) == ("m", "z", 1)
+    assert np.ptp(scan.vertices, axis=0).max() < 2.5 and len(scan.faces) == len(mesh.faces)
 
 
 # ---------------------------------------------------------------- the frame

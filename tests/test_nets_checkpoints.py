@@ -136,9 +136,10 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     garbage.write_bytes(b"this is not a checkpoint" * 10)
     unsafe = tmp_path / "unsafe.pth"  # a pickle that weights_only=True refuses to run
     unsafe.write_bytes(pickle.dumps(pytest.approx(1.0), protocol=2))
-    for path in (truncated, garbage, unsafe):
+    for path, fragment in ((truncated, "cannot be read as a torch checkpoint"), (unsafe, "cannot be read safely"),
+                           (garbage, "not a torch checkpoint (it starts with b'this', neither a zip nor a pickle)")):
         for load in (load_checkpoint, load_paper_checkpoint):
-            assert_one_line_error(lambda: load(path, device="cpu"), path, "cannot be read")
+            assert_one_line_error(lambda: load(path, device="cpu"), path, fragment)
 
 
 def test_files_of_the_wrong_kind(tmp_path):
@@ -198,3 +199,17 @@ def test_wrong_keys_and_shapes(tmp_path):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_a_small_file_declaring_a_huge_network_allocates_nothing(tmp_path, monkeypatch):
+    """A 3 MB file whose config declares gigabytes of parameters used to build them before its weights were
+    checked; now the declared network is built on the meta device first and refused there."""
+    payload = torch.load(save_checkpoint(tmp_path / "small.pth", AffineLVD(vertex_count=4)), weights_only=True)
+    huge = dict(payload, config=dict(payload["config"], kwargs={"vertex_count": 300_000_000}))  # 3.6 G floats
+    torch.save(huge, tmp_path / "huge.pth")
+    built_on = []
+    real_init = AffineLVD.__init__
+    monkeypatch.setattr(AffineLVD, "__init__", lambda self, **k: built_on.append(torch.empty(0).device.type) or real_init(self, **k))
+    assert_one_line_error(lambda: load_checkpoint(tmp_path / "huge.pth", device="cpu"), tmp_path / "huge.pth",
+                          "head.weight (12, 3) vs (900000000, 3)")  # fmt: skip
+    assert built_on == ["meta"]

@@ -7,6 +7,7 @@ Automatic person masks (mediapipe) live in `person_mask.py`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE_PX = 32
+# Photos over this many pixels are decoded downscaled (JPEG: while decoding) by an integer factor: the network
+# sees a 256 px crop, and a full decode of a huge image (a 190 KB PNG can hold 89 M pixels) takes gigabytes.
+MAX_PIXELS = 24_000_000
+# Files this large are refused before decoding unless their format decodes downscaled (JPEG).
+MAX_FILE_PIXELS = 2 * MAX_PIXELS
 NETWORK_SIZE_PX = 256
 # The paper's crop: 1.1 x the larger side of the person box, so the person is about 256 / 1.1 = 233 px tall.
 CROP_MARGIN = 1.1
@@ -70,6 +76,8 @@ def load_mask(source: str | Path | np.ndarray, like: np.ndarray | None = None) -
     if array.size == 0:
         raise ImageInputError(f"{name} is empty: expected an (H, W) mask")
     mask = _single_channel(_to_unit_float(array, name), name)
+    if not (mask >= 0.5).any():
+        raise ImageInputError(f"{name} marks no person (every value is under half): expected white (1) on the person")
     if like is not None and mask.shape != like.shape[:2]:
         raise ImageInputError(
             f"{name} is {mask.shape[1]} x {mask.shape[0]} px but the image is "
@@ -79,16 +87,37 @@ def load_mask(source: str | Path | np.ndarray, like: np.ndarray | None = None) -
 
 
 def _read_image_file(path: str | Path) -> np.ndarray:
-    """The file's pixels upright (EXIF orientation applied), in the file's own bit depth."""
+    """The file's pixels upright (EXIF orientation applied), in the file's own bit depth, downscaled to at most
+    MAX_PIXELS (`decoded_size`)."""
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"image file not found: {path}")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are bounded here
+            image = Image.open(path)
+        with image:
+            size = decoded_size(image.size)
+            if size != image.size:
+                if image.format != "JPEG" and image.size[0] * image.size[1] > MAX_FILE_PIXELS:
+                    raise ImageInputError(f"{path} is {image.size[0]} x {image.size[1]} px, over {MAX_FILE_PIXELS // 1_000_000} M "
+                                          "pixels: downscale it (the network sees a 256 px crop)")  # fmt: skip
+                image.draft(image.mode, size)  # JPEG: decoded at 1/2, 1/4 or 1/8 scale, no larger than needed
+                image = image.resize(size, Image.Resampling.BOX)
             image = ImageOps.exif_transpose(image)
             return np.array(_pillow_mode_numpy_understands(image))
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ImageInputError(f"{path} is not a readable image (PNG, JPEG or WebP expected): {error}") from None
+
+
+def decoded_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) an image of this size is decoded at: divided by the smallest whole factor that brings it
+    to MAX_PIXELS (a photo and its mask of the same size stay the same size)."""
+    width, height = size
+    factor = 1
+    while (width // factor) * (height // factor) > MAX_PIXELS:
+        factor += 1
+    return width // factor, height // factor
 
 
 def _pillow_mode_numpy_understands(image: Image.Image) -> Image.Image:

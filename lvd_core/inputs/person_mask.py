@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..native_output import silenced
 from .image import ImageInputError, load_image
 
 SEGMENTATION_THRESHOLD = 0.5
@@ -40,7 +41,7 @@ def find_person(rgb: np.ndarray, name: str = "the image") -> PersonDetection:
     """The person's mask and pose landmarks in an (H, W, 3) uint8 RGB photo; `name` is used in errors."""
     rgb = load_image(rgb)  # validates shape, dtype and size
     pose = _pose_model()
-    with _pose_lock:
+    with _pose_lock, silenced():  # TensorFlow Lite and absl log their set-up on stderr
         result = pose.process(rgb)
     if result.pose_landmarks is None or result.segmentation_mask is None:
         raise _no_person(name, "mediapipe found no body pose")
@@ -59,9 +60,10 @@ def _pose_model():
     global _pose
     with _pose_lock:
         if _pose is None:
-            import mediapipe as mp  # slow import: only when a mask is needed
+            with silenced():
+                import mediapipe as mp  # slow import: only when a mask is needed
 
-            _pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True)
+                _pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True)
         return _pose
 
 

@@ -1,8 +1,8 @@
 """Load 3D scans (files or Blender arrays) into a clean, sampled `Scan`.
 
 Pipeline, one small function each: read (trimesh, any supported format) -> drop NaN/inf vertices ->
-merge duplicate vertices -> drop tiny fragments -> validate -> detect units and up axis -> sample surface
-points. Everything stays in the input's own frame and units; `lvd_core.inputs.frame.normalize` maps
+merge duplicate vertices -> drop tiny fragments -> drop stray vertices far from the bulk -> validate -> detect
+units and up axis (or check the given units) -> sample surface points. Everything stays in the input's own frame and units; `lvd_core.inputs.frame.normalize` maps
 to the canonical frame of a network.
 
 Every problem with the input raises `ScanError` with one line that names the problem and the fix.
@@ -28,10 +28,17 @@ MIN_POINTS = 100
 # Size (body: extent along up; hand: largest extent) in metres that a real subject can have; a scan
 # whose size falls in one of these ranges once converted from a unit is taken to be in that unit.
 PLAUSIBLE_SIZE_M = {"body": (0.5, 2.5), "hand": (0.05, 0.35)}
+# Given units are trusted this far beyond those ranges (a child, a partial scan); farther, they are wrong.
+GIVEN_UNITS_SLACK = 2.0
 # Refuse a scan when more than this fraction of its vertices are NaN/inf (a few are dropped).
 MAX_NONFINITE_FRACTION = 0.5
 # Fragments smaller than this fraction of the surface area (point clouds: of the points) are dropped.
 MIN_FRAGMENT_FRACTION = 0.01
+# Stray vertices: beyond the range that holds all but STRAY_TRIM of the vertices at each end of an axis, by more
+# than STRAY_MARGIN times that range. A person's extremities lie inside the margin; a stray vertex metres away
+# (or at 1e30) does not, and would otherwise set the size, hence the units and up axis.
+STRAY_TRIM = 0.01
+STRAY_MARGIN = 0.5
 
 
 class ScanError(ValueError):
@@ -91,16 +98,30 @@ def load_scan(
         raise ScanError(f"units must be one of {UNITS}, got {units!r}")
     if up is not None and up not in ("y", "z"):
         raise ScanError(f"up must be 'y' or 'z', got {up!r}")
+    if isinstance(source, Scan):
+        return loaded_scan(source, units=units, up=up, kind=kind)
     vertices, faces, name = read_geometry(source)
     cleaning: dict[str, int] = {}
     vertices, faces, cleaning["nonfinite_vertices"] = drop_nonfinite_vertices(vertices, faces, name)
     vertices, faces, cleaning["duplicate_vertices"] = merge_duplicate_vertices(vertices, faces)
     vertices, faces, cleaning["fragments"] = drop_small_fragments(vertices, faces)
+    vertices, faces, cleaning["stray_vertices"] = drop_stray_vertices(vertices, faces)
     check_usable(vertices, name)
     up = up or detect_up(vertices, kind)
-    units = units or detect_units(vertices, up, kind)
+    if units is None:
+        units = detect_units(vertices, up, kind)
+    else:
+        check_plausible_size(vertices, up, kind, units, name)
     points = sample_points(vertices, faces, max_points, seed)
     return Scan(vertices, faces, points, units, up, name, kind, cleaning)
+
+
+def loaded_scan(scan: Scan, *, units: str | None, up: str | None, kind: str) -> Scan:
+    """A Scan already loaded (by the caller, to reuse it), checked against what this load asks for."""
+    asked = {"units": units or scan.units, "up": up or scan.up, "kind": kind}
+    if asked != {"units": scan.units, "up": scan.up, "kind": scan.kind}:
+        raise ScanError(f"{scan.source} was loaded as {scan.units}, {scan.up} up, a {scan.kind}; load it again for {asked}")
+    return scan
 
 
 # ---------------------------------------------------------------- reading
@@ -247,6 +268,20 @@ def drop_small_fragments(vertices, faces, min_fraction: float = MIN_FRAGMENT_FRA
     return (*_keep_vertices(vertices, faces, keep_component[labels]), dropped)
 
 
+def drop_stray_vertices(vertices, faces, trim: float = STRAY_TRIM, margin: float = STRAY_MARGIN):
+    """Drop vertices far outside the bulk of the scan on some axis (STRAY_TRIM, STRAY_MARGIN), and their faces.
+    Returns (vertices, faces, dropped count)."""
+    if len(vertices) < MIN_POINTS:
+        return vertices, faces, 0  # check_usable reports it
+    low, high = np.quantile(vertices, [trim, 1 - trim], axis=0)
+    reach = margin * (high - low)
+    keep = ((vertices >= low - reach) & (vertices <= high + reach)).all(axis=1)
+    dropped = int((~keep).sum())
+    if dropped == 0:
+        return vertices, faces, 0
+    return (*_keep_vertices(vertices, faces, keep), dropped)
+
+
 def _component_labels(vertices, faces) -> np.ndarray:
     """(N,) connected-component label of each vertex: along mesh edges, or for a point cloud along links
     to the 5 nearest neighbours no longer than twice the median distance to the 5th neighbour."""
@@ -293,13 +328,37 @@ def detect_up(vertices, kind: str = "body") -> str:
 def detect_units(vertices, up: str, kind: str = "body") -> str:
     """The unit in which the scan's size is plausible (body: height 0.5-2.5 m, measured along up; hand:
     largest extent 5-35 cm), else "unitless"."""
-    extent = np.ptp(vertices, axis=0)
-    size = extent["xyz".index(up)] if kind == "body" else extent.max()
-    low, high = PLAUSIBLE_SIZE_M[kind]
+    size = subject_size(vertices, up, kind)
     for unit, metres in METRES_PER_UNIT.items():
-        if low <= size * metres <= high:
+        if is_plausible_size(size * metres, kind):
             return unit
     return "unitless"
+
+
+def subject_size(vertices, up: str, kind: str) -> float:
+    """In the scan's units: a body's extent along up, a hand's largest extent."""
+    extent = np.ptp(vertices, axis=0)
+    return float(extent["xyz".index(up)] if kind == "body" else extent.max())
+
+
+def is_plausible_size(metres: float, kind: str, slack: float = 1.0) -> bool:
+    low, high = PLAUSIBLE_SIZE_M[kind]
+    return low / slack <= metres <= high * slack
+
+
+def check_plausible_size(vertices, up: str, kind: str, units: str, name: str = "scan") -> None:
+    """Refuse a scan whose size in the given units is no person's (or hand's), even with GIVEN_UNITS_SLACK:
+    the units (or the up axis) are wrong."""
+    if units == "unitless":
+        return
+    size = subject_size(vertices, up, kind)
+    if is_plausible_size(size * METRES_PER_UNIT[units], kind, GIVEN_UNITS_SLACK):
+        return
+    fitting = [unit for unit, metres in METRES_PER_UNIT.items() if is_plausible_size(size * metres, kind)]
+    low, high = PLAUSIBLE_SIZE_M[kind]
+    what = "tall" if kind == "body" else "long"
+    fix = f"it is in {fitting[0]}? pass --units {fitting[0]}" if fitting else "check its units and up axis"
+    raise ScanError(f"{name} is {size:.4g} {units} {what}, no {kind}'s size ({low}-{high} m); {fix}")
 
 
 # ---------------------------------------------------------------- sampling
