@@ -113,7 +113,7 @@ def tick_lateness(fits: int) -> list[float]:
         done = threading.Event()
 
         def work():
-            from lvd_core.cli import set_torch_threads
+            from lvd_core.devices import set_torch_threads
             from lvd_core.pipeline import fit_scans
 
             set_torch_threads(1)

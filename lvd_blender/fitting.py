@@ -162,7 +162,7 @@ def photo_item(context) -> Item:
 
 
 def _given_mask(photo_path: str) -> str | None:
-    mask = core("cli").given_mask(Path(photo_path))
+    mask = core("inputs.image").given_mask(Path(photo_path))
     return None if mask is None else str(mask)
 
 
@@ -176,7 +176,7 @@ def fit_group(items: list[Item], settings: FitSettings, progress, cancel) -> lis
     """Fit the items: scans through fit_scans (several together: one batch, what a GPU wants; scans of other
     body models apart), a photo through fit_photo. Returns a FitOutcome or the bad input's ValueError per item.
     On CUDA running out of memory, fit again on the CPU and say so."""
-    core("cli").set_torch_threads(TORCH_THREADS)
+    core("devices").set_torch_threads(TORCH_THREADS)
     try:
         return _fit(items, settings, settings.device, progress, cancel)
     except Exception as exc:  # torch.cuda.OutOfMemoryError without importing torch here

@@ -37,8 +37,6 @@ EXIT_CODES = ("exit codes: 0 every input fitted; 1 an input could not be read or
               "--out, --model-file, --weights, a missing input); 130 interrupted")  # fmt: skip
 RIGGED_EXPORTER = "lvd_blender.headless_export"  # run as a module in a process of its own, never imported here
 RIGGED_EXPORT_TIMEOUT_S = 600
-PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-MASK_SUFFIX = "_mask"  # photo.png may come with its person mask photo_mask.png
 PREVIEW_SCAN_POINTS = 20_000
 # A fit whose median scan-to-body distance exceeds this share of the body's size is refused: no body fits so
 # badly unless the scan was read in the wrong units or up axis (fits of real scans lie under 3%).
@@ -220,6 +218,8 @@ class Outcome:
 
 
 def is_photo(path: Path) -> bool:
+    from .inputs.image import PHOTO_EXTENSIONS
+
     return path.suffix.lower() in PHOTO_EXTENSIONS
 
 
@@ -229,6 +229,8 @@ def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
 
     options = settings.fit_options
     if is_photo(source):
+        from .inputs.image import given_mask
+
         result = pipeline.fit_photo(source, given_mask(source), **options)
         return result, write_outputs(source, stem, settings, result)
     scan = load_input_scan(source, options)
@@ -246,18 +248,10 @@ def load_input_scan(source: Path, options: dict):
     return load_scan(source, units=options.get("units"), up=options.get("up"), kind=kind)
 
 
-def given_mask(photo: Path) -> Path | None:
-    """The person mask that comes with a photo, <stem>_mask.<any photo extension> beside it (the convention of
-    the sample photos); None: the person is found automatically."""
-    for extension in PHOTO_EXTENSIONS:
-        candidate = photo.with_name(f"{photo.stem}{MASK_SUFFIX}{extension}")
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def is_mask_of_another_input(path: Path) -> bool:
     """A photo's person mask (<stem>_mask.png beside <stem>.<photo extension>): not an input of its own."""
+    from .inputs.image import MASK_SUFFIX, PHOTO_EXTENSIONS
+
     if not is_photo(path) or not path.stem.endswith(MASK_SUFFIX):
         return False
     photo_stem = path.stem[: -len(MASK_SUFFIX)]
@@ -642,15 +636,11 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
     return outcomes
 
 
-def set_torch_threads(count: int) -> None:
-    import torch
-
-    torch.set_num_threads(count)
-
-
 def start_worker(threads: int, parent: int) -> None:
     """A batch worker's setup: torch threads, and death with the batch's process `parent` (a killed batch must
     not leave workers fitting and writing to its folder)."""
+    from .devices import set_torch_threads
+
     die_with_parent(parent)
     set_torch_threads(threads)
 
@@ -676,6 +666,7 @@ def collect_inputs(patterns: list[str]) -> list[Path]:
     """Files from folders (their scans and photos, sorted), glob patterns and plain paths, each once; the
     person masks of photos (photo_mask.png beside photo.png) are not inputs. UsageError for a path that does
     not exist or a folder / pattern with nothing to fit."""
+    from .inputs.image import PHOTO_EXTENSIONS
     from .inputs.scan import SUPPORTED_EXTENSIONS
 
     found: list[Path] = []
@@ -781,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exiting:  # --help (0) or bad usage (2): argparse has printed why
         return int(exiting.code or 0)
     if hasattr(args, "threads"):
+        from .devices import set_torch_threads
+
         set_torch_threads(args.threads)
     try:
         return args.run(args)

@@ -56,3 +56,8 @@ def training_autocast(device: torch.device, precision: str = "auto") -> torch.dt
     # torch.cpu's capability probes are private: a torch without them counts as no native bfloat16.
     native = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return torch.bfloat16 if native else None
+
+
+def set_torch_threads(count: int) -> None:
+    """Threads torch computes with (the CLI's --threads; Blender's fits use the CLI's default)."""
+    torch.set_num_threads(count)

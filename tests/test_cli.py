@@ -185,7 +185,8 @@ def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path)
 
 def test_batch_of_photos_uses_the_masks_beside_them(shared_data, tmp_path):
     """A folder of photos with their <stem>_mask.png (the sample photos' layout): the masks are used, not fitted."""
-    from lvd_core.cli import collect_inputs, given_mask
+    from lvd_core.cli import collect_inputs
+    from lvd_core.inputs.image import given_mask
 
     images = shared_data / "images"
     inputs = collect_inputs([str(images)])

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+MASK_SUFFIX = "_mask"  # photo.png may come with its person mask photo_mask.png
 MIN_SIDE_PX = 32
 # Photos over this many pixels are decoded downscaled (JPEG: while decoding) by an integer factor: the network
 # sees a 256 px crop, and a full decode of a huge image (a 190 KB PNG can hold 89 M pixels) takes gigabytes.
@@ -282,3 +284,13 @@ def network_image(crop: PersonCrop, *, with_mask: bool, channel_order: str = "rg
     if with_mask:
         channels.append(person[None].astype(np.float32))
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(channels, axis=0)))
+
+
+def given_mask(photo: Path) -> Path | None:
+    """The person mask that comes with a photo, <stem>_mask.<any photo extension> beside it (the convention of
+    the sample photos); None: the person is found automatically."""
+    for extension in PHOTO_EXTENSIONS:
+        candidate = photo.with_name(f"{photo.stem}{MASK_SUFFIX}{extension}")
+        if candidate.is_file():
+            return candidate
+    return None
