@@ -52,6 +52,8 @@ class FitOptions:
     frozen_joints: tuple = ()
     # joint_pose (J-1, 3) the frozen joints are held at (e.g. relaxed fingers); None: their initial rotation.
     frozen_pose: np.ndarray | None = None
+    # "analytic": the rotations' derivatives in closed form (fast); "finite_difference": the reference.
+    jacobian: str = "analytic"
     surface_iterations: int = 12  # refine_to_surface: Levenberg-Marquardt steps in all
     surface_steps_per_round: int = 2  # ... between re-pairings of body and scan points
     surface_weight: float = 8.0  # the scan pairs' total weight against the LVD vertices
@@ -345,8 +347,10 @@ def levenberg_marquardt(
     body: BodyModel, free: _Free, stage: str, goals: _Goals, options: FitOptions, iterations: int,
     robust_scale: Tensor | None = None, step: float = 1e-3,
 ) -> None:  # fmt: skip
-    """Levenberg-Marquardt on a stage's unknowns with a forward-difference Jacobian (one batched forward pass
-    per chunk of unknowns), robust through iteratively reweighted least squares (Geman-McClure weights).
+    """Levenberg-Marquardt on a stage's unknowns, robust through iteratively reweighted least squares
+    (Geman-McClure weights). The Jacobian (options.jacobian) is "analytic": the rotations' in closed form on the
+    rows' vertices only (about one forward pass), or "finite_difference": one batched forward pass per chunk of
+    unknowns (the slower reference).
 
     Why not L-BFGS: Anny's phenotypes act through a piecewise-linear interpolation between anchor shapes,
     and its many short and twist bones make the pose badly conditioned. At the kinks (0.5 is one) L-BFGS's
@@ -358,39 +362,83 @@ def levenberg_marquardt(
     size = body_size(goals.vertex_targets)[:, None]  # (B, 1)
     prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
 
-    def residuals(x: Tensor, sqrt_w: Tensor) -> Tensor:
-        """x (m*B, P) -> stacked weighted residuals (m*B, 3N + S)."""
+    def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (m*B, P) -> the rows' vertices (m*B, K, 3) and the priors' residuals (m*B, S + 3(J-1))."""
         m = x.shape[0] // batch
         params = free.candidates(x, stage)
-        diff = goals.points(body(params, vertex_ids=goals.ids).vertices) - targets.repeat(m, 1, 1)
         shape_term = prior.repeat(m, 1) * (params.shape - body.default_shape())
         pose_term = pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)
-        return torch.cat([(diff * sqrt_w.repeat(m, 1)[..., None]).flatten(1), shape_term, pose_term], dim=1)
+        return body(params, vertex_ids=goals.ids).vertices, torch.cat([shape_term, pose_term], dim=1)
 
-    def irls_weights(x: Tensor) -> Tensor:
-        """sqrt of per-target weights: the given confidences, times Geman-McClure's when robust; normalised."""
+    def stack(vertices: Tensor, priors: Tensor, sqrt_w: Tensor) -> Tensor:
+        """The weighted residuals (m*B, 3(N + L) + S + 3(J-1)) of evaluate's output."""
+        m = vertices.shape[0] // batch
+        diff = goals.points(vertices) - targets.repeat(m, 1, 1)
+        return torch.cat([(diff * sqrt_w.repeat(m, 1)[..., None]).flatten(1), priors], dim=1)
+
+    def residuals(x: Tensor, sqrt_w: Tensor) -> Tensor:
+        return stack(*evaluate(x), sqrt_w)
+
+    def irls_weights(vertices: Tensor) -> Tensor:
+        """sqrt of per-row weights: the given confidences, times Geman-McClure's when robust; normalised."""
         w = weights / weights.sum(1, keepdim=True)
         if robust_scale is not None:
-            squared = (goals.points(body(free.candidates(x, stage), vertex_ids=goals.ids).vertices) - targets).square().sum(-1)
+            squared = (goals.points(vertices) - targets).square().sum(-1)
             w = w * (robust_scale[:, None] ** 2 / (squared + robust_scale[:, None] ** 2)) ** 2
         return w.sqrt()
 
     frozen = {body.joint_names.index(name) for name in options.frozen_joints if name in body.joint_names}
+
+    def difference_jacobian(x: Tensor, sqrt_w: Tensor, r: Tensor, chosen: Tensor) -> Tensor:
+        """(B, rows, len(chosen)) forward differences in the unknowns `chosen` (indices into x's columns)."""
+        jac = torch.empty(batch, r.shape[1], len(chosen), dtype=x.dtype, device=x.device)
+        for chunk in torch.arange(len(chosen), device=x.device).split(max(1, 4096 // (batch * len(goals.ids) // 64 + 1))):
+            probes = x.repeat(len(chunk), 1)
+            probes[torch.arange(len(chunk) * batch), chosen[chunk].repeat_interleave(batch)] += step
+            jac[:, :, chunk] = ((residuals(probes, sqrt_w) - r.repeat(len(chunk), 1)) / step).reshape(
+                len(chunk), batch, -1
+            ).permute(1, 2, 0)
+        return jac
+
+    names = free.names(stage)
+    free_joints = [j for j in range(1, body.joint_count) if j not in frozen] if "joint_pose" in names else []
+
+    def analytic_jacobian(x: Tensor, vertices: Tensor, sqrt_w: Tensor, r: Tensor) -> Tensor:
+        """(B, rows, len(columns)): rotations, translation and scale in closed form (one skinning pass on the
+        rows' vertices), the few shape unknowns by forward differences."""
+        params = free.candidates(x, stage)
+        joints = torch.tensor([0, *free_joints], device=x.device)
+        d_rotation = body.rotation_jacobian(params, goals.ids, joints)  # (B, K, 3, joints, 3)
+        blocks = [d_rotation[:, :, :, 0], torch.eye(3, dtype=x.dtype, device=x.device).expand_as(d_rotation[:, :, :, 0])]
+        if free.fit_scale:  # d v / d log(scale) = v - translation
+            blocks.append((vertices - params.translation[:, None])[..., None])
+        blocks.append(d_rotation[:, :, :, 1:].flatten(3))
+        d_points = goals.points(torch.cat(blocks, dim=-1)) * sqrt_w[:, :, None, None]  # (B, N + L, 3, A)
+        analytic = d_points.shape[-1]
+        jac = torch.zeros(batch, r.shape[1], len(columns), dtype=x.dtype, device=x.device)
+        jac[:, : d_points.shape[1] * 3, :analytic] = d_points.flatten(1, 2)
+        if free_joints:  # the pose prior's rows: pose_prior * joint_pose
+            first_row = d_points.shape[1] * 3 + body.shape_size
+            rows = torch.tensor([first_row + 3 * (j - 1) + k for j in free_joints for k in range(3)], device=x.device)
+            jac[:, rows, analytic - len(rows) + torch.arange(len(rows), device=x.device)] = pose_prior
+        if analytic < len(columns):
+            jac[:, :, analytic:] = difference_jacobian(x, sqrt_w, r, columns[analytic:])
+        return jac
+
+    if options.jacobian not in ("analytic", "finite_difference"):
+        raise ValueError(f"FitOptions.jacobian is {options.jacobian!r}; expected 'analytic' or 'finite_difference'")
     with torch.no_grad():
         x = free.vector(stage)
         columns = free.active_columns(stage, frozen)
-        unknowns = len(columns)
         damping = torch.full((batch,), 1e-3, dtype=x.dtype, device=x.device)
+        vertices, priors = evaluate(x)
         for _ in range(iterations):
-            sqrt_w = irls_weights(x)
-            r = residuals(x, sqrt_w)
-            jac = torch.empty(batch, r.shape[1], unknowns, dtype=x.dtype, device=x.device)
-            for chunk in torch.arange(unknowns, device=x.device).split(max(1, 4096 // (batch * len(goals.ids) // 64 + 1))):
-                probes = x.repeat(len(chunk), 1)
-                probes[torch.arange(len(chunk) * batch), columns[chunk].repeat_interleave(batch)] += step
-                jac[:, :, chunk] = ((residuals(probes, sqrt_w) - r.repeat(len(chunk), 1)) / step).reshape(
-                    len(chunk), batch, -1
-                ).permute(1, 2, 0)
+            sqrt_w = irls_weights(vertices)
+            r = stack(vertices, priors, sqrt_w)
+            if options.jacobian == "analytic":
+                jac = analytic_jacobian(x, vertices, sqrt_w, r)
+            else:
+                jac = difference_jacobian(x, sqrt_w, r, columns)
             jtj = jac.transpose(1, 2) @ jac
             jtr = (jac.transpose(1, 2) @ r[..., None])[..., 0]
             diag = torch.diag_embed(jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-12))
@@ -399,8 +447,11 @@ def levenberg_marquardt(
                 delta = -torch.linalg.solve(jtj + damping[:, None, None] * diag, jtr)
                 candidate = x.clone()
                 candidate[:, columns] += delta
-                better = pending & (residuals(candidate, sqrt_w).square().sum(1) < r.square().sum(1))
+                tried, tried_priors = evaluate(candidate)
+                better = pending & (stack(tried, tried_priors, sqrt_w).square().sum(1) < r.square().sum(1))
                 x = torch.where(better[:, None], candidate, x)
+                vertices = torch.where(better[:, None, None], tried, vertices)
+                priors = torch.where(better[:, None], tried_priors, priors)
                 damping = torch.where(better, damping / 3, torch.where(pending, damping * 5, damping))
                 pending &= ~better
                 if not pending.any():

@@ -119,32 +119,21 @@ def kinematic_levels(parents: np.ndarray) -> list[np.ndarray]:
 
 def global_rotations(local_rotations: Tensor, parents: np.ndarray, levels: list[np.ndarray]) -> Tensor:
     """G_j = G_parent(j) @ R_j. local_rotations (B, J, 3, 3) -> (B, J, 3, 3)."""
-    out = [None] * local_rotations.shape[1]
-    root = levels[0]
-    for j in root:
-        out[j] = local_rotations[:, j]
-    for level in levels[1:]:
-        parent_rot = torch.stack([out[parents[j]] for j in level], dim=1)
-        posed = parent_rot @ local_rotations[:, level]
-        for k, j in enumerate(level):
-            out[j] = posed[:, k]
-    return torch.stack(out, dim=1)
+    out = local_rotations.clone()
+    for level in levels[1:]:  # one batched step per depth of the tree
+        out[:, level] = out[:, parents[level]] @ local_rotations[:, level]
+    return out
 
 
 def posed_joints(rest_joints: Tensor, rotations: Tensor, parents: np.ndarray, levels: list[np.ndarray]) -> Tensor:
     """p_j = p_parent + G_parent (J_j - J_parent), the root staying at its rest head.
     rest_joints (B, J, 3), rotations G (B, J, 3, 3) -> (B, J, 3)."""
-    out = [None] * rest_joints.shape[1]
-    for j in levels[0]:
-        out[j] = rest_joints[:, j]
+    out = rest_joints.clone()
     for level in levels[1:]:
         par = parents[level]
         offsets = rest_joints[:, level] - rest_joints[:, par]  # (B, L, 3)
-        moved = (rotations[:, par] @ offsets[..., None])[..., 0]
-        parent_pos = torch.stack([out[p] for p in par], dim=1)
-        for k, j in enumerate(level):
-            out[j] = parent_pos[:, k] + moved[:, k]
-    return torch.stack(out, dim=1)
+        out[:, level] = out[:, par] + (rotations[:, par] @ offsets[..., None])[..., 0]
+    return out
 
 
 def skinning_transforms(rest_joints: Tensor, posed: Tensor, rotations: Tensor) -> Tensor:
@@ -152,6 +141,21 @@ def skinning_transforms(rest_joints: Tensor, posed: Tensor, rotations: Tensor) -
     rest_joints, posed (B, J, 3), rotations (B, J, 3, 3) -> (B, J, 3, 4)."""
     offset = posed - (rotations @ rest_joints[..., None])[..., 0]
     return torch.cat([rotations, offset[..., None]], dim=-1)
+
+
+def right_jacobian(rotvec: Tensor) -> Tensor:
+    """SO(3)'s right Jacobian: exp(r + dr) ~ exp(r) exp(J_r(r) dr). rotvec (..., 3) -> (..., 3, 3)."""
+    angle_sq = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
+    angle = torch.sqrt(angle_sq.clamp_min(1e-12))
+    small = angle_sq < 1e-6
+    # Taylor series near zero where the closed forms lose their digits.
+    cos_term = torch.where(small, 0.5 - angle_sq / 24.0, (1.0 - torch.cos(angle)) / angle_sq.clamp_min(1e-12))
+    sin_term = torch.where(small, 1.0 / 6.0 - angle_sq / 120.0, (angle - torch.sin(angle)) / (angle_sq * angle).clamp_min(1e-18))
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(skew)
+    return eye - cos_term * skew + sin_term * (skew @ skew)
 
 
 def linear_blend_skinning(rest_vertices: Tensor, weights: Tensor, transforms: Tensor) -> Tensor:
@@ -251,10 +255,47 @@ class BodyModel(torch.nn.Module):
 
     def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
         """The generic LBS path (no pose correctives); backends with correctives override it."""
-        rest_v = self.rest_vertices(params.shape)
-        if vertex_ids is not None:
-            rest_v = rest_v[:, vertex_ids]
-        return self._skin(rest_v, self.rest_joints(params.shape), params.full_pose, vertex_ids)
+        return self._skin(*self._rest(params.shape, vertex_ids), params.full_pose, vertex_ids)
+
+    def _rest(self, shape: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """shape (B, S) -> rest vertices `vertex_ids` (B, N, 3) (all when None) and rest joints (B, J, 3)."""
+        rest_v = self.rest_vertices(shape)
+        return (rest_v if vertex_ids is None else rest_v[:, vertex_ids]), self.rest_joints(shape)
+
+    def descendant_matrix(self) -> Tensor:
+        """(J, J) with [k, j] = 1 where joint j is k or below it in the tree."""
+        known = self.__dict__.setdefault("_descendant_matrix", {})
+        key = (self.dtype, self.device)
+        if key not in known:
+            matrix = torch.zeros(self.joint_count, self.joint_count, dtype=self.dtype, device=self.device)
+            for k in range(self.joint_count):
+                matrix[k, self.descendants(k)] = 1
+            known[key] = matrix
+        return known[key]
+
+    def rotation_jacobian(self, params: BodyParams, vertex_ids: Tensor, joints: Tensor) -> Tensor:
+        """d vertices / d axis-angles of `joints` (K,) (joint 0 is global_orient) of the posed, scaled body's
+        vertices `vertex_ids` (N,): (B, N, 3, K, 3), in closed form (one skinning pass).
+
+        A change dr of joint k's axis-angle turns everything below k about its posed head p_k by the world
+        angular velocity w = G_k J_r(r_k) dr, so dv = s w x (sum over j below k of w_vj T_j(x_v) - W_vk p_k),
+        W_vk the vertex's skinning weight below k. Pose correctives (SMPL) are left out of the derivative."""
+        rest_v, rest_j = self._rest(params.shape, vertex_ids)
+        full_pose = params.full_pose
+        rot = global_rotations(axis_angle_to_matrix(full_pose), self.parents, self.levels)
+        heads = posed_joints(rest_j, rot, self.parents, self.levels)
+        transforms = skinning_transforms(rest_j, heads, rot)  # (B, J, 3, 4)
+        weights = self.skinning_weights[vertex_ids]  # (N, J)
+        below = self.descendant_matrix()[joints].T  # (J, K)
+        # Every joint's transform of every vertex, weighted (B, N, 3, J), summed over the joints below each k.
+        per_joint = torch.einsum("bjck,bnk->bncj", transforms[..., :3], rest_v) + transforms[..., 3].transpose(1, 2)[:, None]
+        arm = (weights[None, :, None] * per_joint) @ below  # (B, N, 3, K)
+        arm = params.scale[:, :, None, None] * (arm - (weights @ below)[None, :, None] * heads[:, joints].transpose(1, 2)[:, None])
+        velocity = rot[:, joints] @ right_jacobian(full_pose[:, joints])  # (B, K, 3, 3): column m per unit dr_m
+        # velocity x arm, component by component: (B, N, K, 3) for each of x, y, z
+        v, a = velocity[:, None], arm[..., None]  # (B, 1, K, 3, 3), (B, N, 3, K, 1)
+        moved = [v[:, :, :, (i + 1) % 3] * a[:, :, (i + 2) % 3] - v[:, :, :, (i + 2) % 3] * a[:, :, (i + 1) % 3] for i in range(3)]
+        return torch.stack(moved, dim=2)  # (B, N, 3, K, 3)
 
     def _skin(self, rest_v: Tensor, rest_j: Tensor, full_pose: Tensor, vertex_ids: Tensor | None = None) -> BodyOutput:
         """rest mesh (B, N, 3) (the vertices `vertex_ids`, or all), rest joints (B, J, 3), axis-angles (B, J, 3)
