@@ -7,7 +7,9 @@ Stages, each a small function:
    points it dominates), so the solver starts near the answer.
 3. `levenberg_marquardt` stages: pose, shape, pose, then everything (least squares), restarts from probe
    ages for Anny (`escape_shape_minima`), and a robust finish (Geman-McClure reweighting) so a few wild LVD
-   vertices cannot drag the body; weak priors keep the shape near neutral and unseen joints at rest.
+   vertices cannot drag the body; weak priors keep the shape near neutral and unseen joints at rest. Its
+   Jacobian is in closed form (`BodyModel.vertex_jacobian`: one skinning pass on the rows' vertices only,
+   frozen joints left out). Rows are the LVD vertices and, optionally, landmarks (`LandmarkTargets`).
 4. `refine_with_pairs`: ICP-style rounds of the same solver with re-paired (body vertex, goal) rows, anchored
    by the LVD vertices: `refine_to_surface` pairs the body with the scan's surface (scans), and the photo fit
    pairs its silhouette with the person mask (lvd_core.photo).

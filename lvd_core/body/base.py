@@ -86,6 +86,13 @@ class BodyOutput:
 # The maths, one small step per function (shapes in the docstrings).
 
 
+def skew_matrix(vector: Tensor) -> Tensor:
+    """[v]x, the matrix of the cross product with v: (..., 3) -> (..., 3, 3)."""
+    x, y, z = vector.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*vector.shape[:-1], 3, 3)
+
+
 def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
     """Rodrigues' formula, differentiable at zero. rotvec (..., 3) -> rotation matrices (..., 3, 3)."""
     angle_sq = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
@@ -94,9 +101,7 @@ def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
     # Taylor series near zero keeps the gradient finite.
     sin_over = torch.where(small, 1.0 - angle_sq / 6.0, torch.sin(angle) / angle)
     one_minus_cos_over = torch.where(small, 0.5 - angle_sq / 24.0, (1.0 - torch.cos(angle)) / angle_sq.clamp_min(1e-12))
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    skew = skew_matrix(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(skew)
     return eye + sin_over * skew + one_minus_cos_over * (skew @ skew)
 
@@ -151,9 +156,7 @@ def right_jacobian(rotvec: Tensor) -> Tensor:
     # Taylor series near zero where the closed forms lose their digits.
     cos_term = torch.where(small, 0.5 - angle_sq / 24.0, (1.0 - torch.cos(angle)) / angle_sq.clamp_min(1e-12))
     sin_term = torch.where(small, 1.0 / 6.0 - angle_sq / 120.0, (angle - torch.sin(angle)) / (angle_sq * angle).clamp_min(1e-18))
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    skew = skew_matrix(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(skew)
     return eye - cos_term * skew + sin_term * (skew @ skew)
 
