@@ -15,7 +15,7 @@ Stages, each a small function:
    pairs its silhouette with the person mask (lvd_core.photo).
 
 Why not the paper's fit (Adam, 500 steps, lr 0.1 with linear decay, L1 + 0.01 mean(beta^2))? The closed-form
-initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-15x
+initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-17x
 faster (benchmarks/results_body_fit.md); `paper_fit` keeps the paper's recipe as the baseline.
 """
 
