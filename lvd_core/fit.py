@@ -305,7 +305,9 @@ class _Goals:
         seen = landmarks.weights.to(**kw)
         expected = (targets.shape[0], regressor.shape[0])
         if regressor.dim() != 2 or regressor.shape[1] != body.vertex_count:
-            raise ValueError(f"landmark regressor has shape {tuple(regressor.shape)}; expected (L, {body.vertex_count}), one column per body vertex")
+            raise ValueError(
+                f"landmark regressor has shape {tuple(regressor.shape)}; expected (L, {body.vertex_count}), one column per body vertex"
+            )
         if tuple(found.shape) != (*expected, 3) or tuple(seen.shape) != expected:
             raise ValueError(
                 f"landmark targets {tuple(found.shape)} and weights {tuple(seen.shape)} do not match the batch and the "
