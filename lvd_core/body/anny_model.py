@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .anny_data import ANNY_VARIANTS, model_data_path
-from .base import BodyModel, BodyModelError, BodyOutput, BodyParams
+from .base import BodyModel, BodyModelError, BodyParams
 
 
 def _load_anny(variant: str):
@@ -84,9 +84,18 @@ class AnnyBody(BodyModel):
         return torch.full((self.shape_size,), 0.5, dtype=self.dtype, device=self.device)
 
     def _coefficients(self, shape: Tensor) -> Tensor:
-        """phenotypes (B, 6) -> anny's blendshape coefficients (B, K) (piecewise-linear, nonlinear overall)."""
+        """phenotypes (B, 6) -> anny's blendshape coefficients (B, K) (piecewise-linear, nonlinear overall).
+        Without gradients the last shapes' are kept: a fit's pose steps ask for the same ones many times."""
         empty = shape.new_zeros(shape.shape[0], 0)
-        return self.anny._get_phenotype_blendshape_coefficients(shape, empty, empty)
+        if shape.requires_grad and torch.is_grad_enabled():
+            return self.anny._get_phenotype_blendshape_coefficients(shape, empty, empty)
+        key = (str(shape.device), shape.dtype, tuple(shape.shape), shape.detach().cpu().numpy().tobytes())
+        kept = self.__dict__.setdefault("_kept_coefficients", {})
+        if key not in kept:
+            if len(kept) >= 4:
+                kept.pop(next(iter(kept)))
+            kept[key] = self.anny._get_phenotype_blendshape_coefficients(shape.detach(), empty, empty)
+        return kept[key]
 
     def _rest_from_coefficients(self, coeffs: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         from anny.skinning.skinning import apply_linear_blendshape
@@ -95,10 +104,21 @@ class AnnyBody(BodyModel):
         if vertex_ids is None:
             vertices = m.get_rest_vertices(coeffs)
         else:  # blend only the rows we need: the fit and the descent work on vertex subsets
-            vertices = apply_linear_blendshape(m.template_vertices[vertex_ids], m.blendshapes[:, vertex_ids], coeffs)
+            vertices = apply_linear_blendshape(*self._subset_blendshapes(vertex_ids), coeffs)
         vertices = vertices - self.origin_offset
         heads = apply_linear_blendshape(m.template_bone_heads, m.bone_heads_blendshapes, coeffs) - self.origin_offset
         return vertices, heads
+
+    def _subset_blendshapes(self, vertex_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The template (N, 3) and blendshapes (K, N, 3) of vertices `vertex_ids`; the last few subsets are kept,
+        since gathering them costs more than blending them and a fit asks for the same ones hundreds of times."""
+        key = (str(self.anny.blendshapes.device), self.anny.blendshapes.dtype, vertex_ids.cpu().numpy().tobytes())
+        kept = self.__dict__.setdefault("_kept_subsets", {})
+        if key not in kept:
+            if len(kept) >= 4:
+                kept.pop(next(iter(kept)))
+            kept[key] = (self.anny.template_vertices[vertex_ids], self.anny.blendshapes[:, vertex_ids])
+        return kept[key]
 
     def rest_vertices(self, shape: Tensor) -> Tensor:
         return self._rest_from_coefficients(self._coefficients(shape))[0]
@@ -109,9 +129,8 @@ class AnnyBody(BodyModel):
     def rest_bone_orientations(self, shape: Tensor) -> Tensor:
         return self.anny.get_rest_model(self._coefficients(shape))["rest_bone_poses"][..., :3, :3]
 
-    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
-        rest_v, rest_j = self._rest_from_coefficients(self._coefficients(params.shape), vertex_ids)
-        return self._skin(rest_v, rest_j, params.full_pose, vertex_ids)
+    def _rest(self, shape: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._rest_from_coefficients(self._coefficients(shape), vertex_ids)
 
     def anny_world_poses(self, params: BodyParams) -> Tensor:
         """(B, J, 4, 4) each bone's posed world frame in anny's own coordinates (anny's "world" pose), from
