@@ -36,10 +36,12 @@ class FitOptions:
     full_iterations: int = 10  # then everything free, least squares
     robust_iterations: int = 5  # and last robust (Geman-McClure reweighting)
     # Priors, per squared size of the body (its largest extent, m^2) since residuals scale with it: the weight of
-    # |shape - neutral|^2 against mean squared residuals, and of |joint_pose|^2 (joints without targets stay at
-    # rest, the others are unaffected).
+    # the shape's negative log prior (BodyModel.shape_prior_residuals) against mean squared residuals, of
+    # |joint_pose|^2 (joints without targets stay at rest, the others are unaffected), and of log(scale)^2 (for
+    # inputs whose size is normalised, not unknown: keeps the size in the shape, where the prior sees it).
     shape_prior: float = 3.5e-7
     pose_prior: float = 3.5e-9
+    scale_prior: float = 0.0
     # Geman-McClure scale as a fraction of the body's size (5 cm on a 1.7 m body, 5 mm on a hand): residuals far
     # above it stop pulling.
     robust_scale: float = 0.03
@@ -213,12 +215,7 @@ class _Free:
         self.joint_pose = params.joint_pose.detach().clone().requires_grad_(True)
         self.translation = params.translation.detach().clone().requires_grad_(True)
         self.log_scale = params.scale.detach().log().requires_grad_(True)
-        shape = params.shape.detach()
-        if body.shape_bounds:
-            lo, hi = body.shape_bounds
-            unit = ((shape - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
-            shape = torch.log(unit / (1 - unit))
-        self.shape_raw = shape.clone().requires_grad_(True)
+        self.shape_raw = body.unbounded_shape(params.shape.detach()).clone().requires_grad_(True)
 
     def _shape(self, raw: Tensor) -> Tensor:
         if not self.body.shape_bounds:
@@ -361,14 +358,16 @@ def levenberg_marquardt(
     batch = targets.shape[0]
     size = body_size(goals.vertex_targets)[:, None]  # (B, 1)
     prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
+    scale_prior = (options.scale_prior**0.5) * size
 
     def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (m*B, P) -> the rows' vertices (m*B, K, 3) and the priors' residuals (m*B, S + 3(J-1))."""
+        """x (m*B, P) -> the rows' vertices (m*B, K, 3) and the priors' residuals (m*B, S + 3(J-1) [+ 1])."""
         m = x.shape[0] // batch
         params = free.candidates(x, stage)
-        shape_term = prior.repeat(m, 1) * (params.shape - body.default_shape())
-        pose_term = pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)
-        return body(params, vertex_ids=goals.ids).vertices, torch.cat([shape_term, pose_term], dim=1)
+        terms = [prior.repeat(m, 1) * body.shape_prior_residuals(params.shape), pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)]
+        if options.scale_prior > 0:  # the last row, after the pose prior's
+            terms.append(scale_prior.repeat(m, 1) * params.scale.log())
+        return body(params, vertex_ids=goals.ids).vertices, torch.cat(terms, dim=1)
 
     def stack(vertices: Tensor, priors: Tensor, sqrt_w: Tensor) -> Tensor:
         """The weighted residuals (m*B, 3(N + L) + S + 3(J-1)) of evaluate's output."""
@@ -421,6 +420,8 @@ def levenberg_marquardt(
             first_row = d_points.shape[1] * 3 + body.shape_size
             rows = torch.tensor([first_row + 3 * (j - 1) + k for j in free_joints for k in range(3)], device=x.device)
             jac[:, rows, analytic - len(rows) + torch.arange(len(rows), device=x.device)] = pose_prior
+        if options.scale_prior > 0 and free.fit_scale:  # d (scale_prior * log(scale)) / d log(scale), column 6
+            jac[:, -1, 6] = scale_prior[:, 0]
         if analytic < len(columns):
             jac[:, :, analytic:] = difference_jacobian(x, sqrt_w, r, columns[analytic:])
         return jac
@@ -571,9 +572,10 @@ def refine_with_pairs(
     landmarks: LandmarkTargets | None = None,
 ) -> FitResult:
     """ICP-style rounds: each round, `pairing[b](current vertices (V, 3) numpy)` returns body vertex ids (K,)
-    and their goals (K, 3) (metres, model frame) for batch item b; Levenberg-Marquardt then solves with the
-    LVD vertices as an anchor (the pairs weigh `options.surface_weight` : 1 against them), robustly: every
-    pair is one more (vertex, target) row. Items are refined one at a time (their pairs differ)."""
+    and their goals (K, 3) (metres, model frame) for batch item b, and optionally the pairs' weights (K,) (1 when
+    absent); Levenberg-Marquardt then solves with the LVD vertices as an anchor (unit-weight pairs weigh
+    `options.surface_weight` : 1 against them), robustly: every pair is one more (vertex, target) row. Items are
+    refined one at a time (their pairs differ)."""
     options = options or FitOptions()
     if vertex_ids is None:
         vertex_ids = torch.arange(body.vertex_count, device=body.device)
@@ -584,11 +586,12 @@ def refine_with_pairs(
         for _ in range(rounds):
             with torch.no_grad():
                 current = body(free.params()).vertices[0].cpu().numpy()
-            pair_ids, pair_goals = pairs_of(current)
+            pair_ids, pair_goals, *pair_weights = pairs_of(current)
             ids = torch.cat([vertex_ids.cpu(), torch.as_tensor(pair_ids, dtype=torch.long)]).to(body.device)
             goals = torch.cat([targets[b], torch.as_tensor(pair_goals, dtype=body.dtype, device=body.device)])[None]
             pair_weight = options.surface_weight * len(vertex_ids) / max(len(pair_ids), 1)
-            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((len(pair_ids),), pair_weight)])[None]
+            pair_weights = torch.as_tensor(pair_weights[0] if pair_weights else np.ones(len(pair_ids)), dtype=torch.float32)
+            weights = torch.cat([torch.ones(len(vertex_ids)), pair_weight * pair_weights])[None]
             rows = _Goals(body, goals, ids, weights.to(body.device, body.dtype), None if landmarks is None else landmarks.item(b))
             levenberg_marquardt(
                 body, free, "full", rows, options, options.surface_steps_per_round, robust_scale(targets[b : b + 1], options)
@@ -623,10 +626,14 @@ def refine_to_surface(
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
+    pairing=None,
 ) -> FitResult:
-    """Pull the fitted body onto the scan (`refine_with_pairs` with `surface_pairing`). scan_points: per batch
-    item (M_b, 3), metres."""
-    pairing = [surface_pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
+    """Fit the body into the scan (`refine_with_pairs`). scan_points: per batch item (M_b, 3), metres.
+    pairing(body, scan (M, 3) numpy) makes each item's pairing: by default `lvd_core.clothing.clothing_pairing`
+    (the body inside the clothes, on the skin); `surface_pairing` pulls it onto the scan everywhere."""
+    if pairing is None:
+        from .clothing import clothing_pairing as pairing
+    pairing = [pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
     return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options, landmarks)
 
 
