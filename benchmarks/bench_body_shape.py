@@ -11,6 +11,7 @@ Run: .venv/bin/python benchmarks/bench_body_shape.py [--n 8]  -> benchmarks/resu
   (`lvd_core.measurements`, rest pose), of the phenotypes, and the share of the fitted body's vertices outside
   the clothed scan by more than 5 mm (the true body's share for reference: holes and noise make it non-zero).
 - The real scan in ../shared/data: the same share, the measurements and phenotypes; a preview PNG of each fit.
+- Photos (synthetic renders with known bodies, and the sample photos): fitted age, height and weight phenotypes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from lvd_core import pipeline  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.body.base import BodyModel, BodyParams  # noqa: E402
-from lvd_core.clothing import inside_share  # noqa: E402
+from lvd_core.clothing import outside_scan  # noqa: E402
 from lvd_core.fit import refine_to_surface, surface_pairing  # noqa: E402
 from lvd_core.measurements import body_measurements  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
@@ -64,7 +65,7 @@ def outside_share(body: BodyModel, vertices: np.ndarray, scan: np.ndarray) -> fl
     from lvd_core.synth.surface import body_surface
 
     clothed = ~body_surface(body).part_mask("hand")
-    return float(1.0 - inside_share(vertices, body.faces, scan, OUTSIDE_TOLERANCE)[clothed].mean())
+    return float(outside_scan(vertices, body.faces, scan, OUTSIDE_TOLERANCE)[clothed].mean())
 
 
 def synthetic_rows(body: BodyModel, realism: ScanRealism, label: str, n: int) -> list[str]:
@@ -126,9 +127,40 @@ def real_rows(body: BodyModel, preview_folder: Path) -> list[str]:
     return rows
 
 
+def photo_rows(body: BodyModel, n: int) -> list[str]:
+    """Synthetic renders of held-out bodies (truth known) and the sample photos: the fitted age (years), height
+    and weight phenotypes and scale, before and after the shape prior (the photo fit has no scan refinement)."""
+    from lvd_core.measurements import readable_phenotypes
+    from lvd_core.photo import fit_photo
+    from lvd_core.synth import render_photo
+
+    scans = held_out_set("anny", n, realism=ScanRealism.clean(points=100), sampling=BodySampling(yaw_range_deg=30))
+    photos = [(f"render {k}", render_photo(body, scan.params, np.random.default_rng(k))) for k, scan in enumerate(scans)]
+    inputs = [(label, photo.image, photo.mask, readable_phenotypes(body, photo.params)[0]) for label, photo in photos]
+    images = SHARED / "images"
+    inputs += [(path.name, path, path.with_name(f"{path.stem}_mask.png"), None) for path in sorted(images.glob("img[0-9].png"))]
+    rows = []
+    for label, image, mask, truth in inputs:
+        cells = []
+        for objective in (plain_objective(body), contextlib.nullcontext()):
+            with objective:
+                result = fit_photo(image, mask, body="anny")
+            fitted = readable_phenotypes(body, result.params.to(dtype=body.dtype))[0]
+            cells.append(
+                f"{fitted['age_years']:.0f} y, height {fitted['height']:.2f}, weight {fitted['weight']:.2f}, gender "
+                f"{fitted['gender']:.2f}, scale {float(result.params.scale):.2f}, IoU {result.mask_iou:.3f}"
+            )
+        known = "-" if truth is None else (
+            f"{truth['age_years']:.0f} y, height {truth['height']:.2f}, weight {truth['weight']:.2f}, gender {truth['gender']:.2f}"
+        )  # fmt: skip
+        rows.append(f"| {label} | {known} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8, help="held-out scans per synthetic set")
+    parser.add_argument("--photo-n", type=int, default=4, help="synthetic renders")
     args = parser.parse_args()
     torch.set_num_threads(1)
     body = load_body_model("anny")
@@ -137,7 +169,7 @@ def main() -> None:
     lines = [
         "# The body under the clothes",
         "",
-        f"`benchmarks/bench_body_shape.py --n {args.n}`; CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
+        f"`benchmarks/bench_body_shape.py --n {args.n} --photo-n {args.photo_n}`; CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
         "Before: the plain surface objective and |phenotypes - 0.5|^2 prior; after: the clothing-aware objective",
         "(lvd_core.clothing) and anny's shape prior (BodyModel.shape_prior). Same scans, same run.",
         "",
@@ -158,6 +190,14 @@ def main() -> None:
         "| objective | outside the scan | height / chest / waist / hip (cm) | phenotypes | scan to body (mm) | preview |",
         "|---|---|---|---|---|---|",
         *real_rows(body, preview_folder),
+        "",
+        "Photos: synthetic renders of held-out bodies (their truth known; a photo's size is normalised to the neutral",
+        "body, so the height is the phenotype, not metres) and the sample photos (../shared/data/images), before and",
+        "after the shape prior:",
+        "",
+        "| photo | truth | before | after |",
+        "|---|---|---|---|",
+        *photo_rows(body, args.photo_n),
         "",
     ]
     text = "\n".join(lines)

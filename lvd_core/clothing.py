@@ -46,25 +46,33 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return summed / np.maximum(np.linalg.norm(summed, axis=1), 1e-12)[:, None]
 
 
-def signed_offsets(points: np.ndarray, normals: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(N,) how far each of `others` (N, 3) lies outside the surface at `points` (N, 3) with outward unit
-    `normals` (N, 3), along the normal: > 0 outside (a scan point over the body: the body is inside), < 0 inside."""
-    return ((others - points) * normals).sum(1)
+def signed_offsets(points: np.ndarray, normals: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `others` (N, 3) lies from the surface at `points` (N, 3) with outward unit `normals` (N, 3):
+    its offset along the normal (N,) (> 0 outside: a scan point over the body, the body inside; < 0 inside) and
+    its distance sideways of the normal (N,), metres."""
+    step = others - points
+    offsets = (step * normals).sum(1)
+    return offsets, np.linalg.norm(step - offsets[:, None] * normals, axis=1)
 
 
-def inside_share(body_vertices: np.ndarray, body_faces: np.ndarray, scan: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
-    """(V,) bool: body vertices inside the scan (M, 3), up to `tolerance` metres: their nearest scan point lies
-    outside them along their outward normal by more than -tolerance."""
+def outside_scan(body_vertices: np.ndarray, body_faces: np.ndarray, scan: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """(V,) bool: body vertices outside the scan (M, 3) by more than `tolerance` metres: their nearest scan point
+    lies that far inside them along their outward normal, and more inside than sideways (a vertex over a hole,
+    whose nearest scan points are on the rim, is not called outside)."""
     nearest = scan[cKDTree(scan).query(body_vertices, k=1)[1]]
-    return signed_offsets(body_vertices, vertex_normals(body_vertices, body_faces), nearest) > -tolerance
+    offsets, sideways = signed_offsets(body_vertices, vertex_normals(body_vertices, body_faces), nearest)
+    return (offsets < -tolerance) & (sideways < -offsets)
 
 
-def pair_weights(offsets: np.ndarray, bare: np.ndarray, weights: ClothingWeights = ClothingWeights()) -> np.ndarray:
+def pair_weights(offsets: np.ndarray, sideways: np.ndarray, bare: np.ndarray, weights: ClothingWeights = ClothingWeights()) -> np.ndarray:
     """(N,) weights of (body point, scan point) pairs from the scan point's offset outside the body (N,) metres
-    (`signed_offsets`) and whether the body point is on a seldom-clothed part (N,) bool."""
+    (`signed_offsets`), its distance sideways of the body's normal (N,) metres, and whether the body point is on
+    a seldom-clothed part (N,) bool. A scan point more sideways than in or out (the rim of a hole, a missing
+    sole) says nothing about inside or outside: it pulls weakly."""
     width = np.where(bare, weights.bare_skin, weights.skin)
     skin = np.exp(-np.square(offsets / width))
-    return skin + (1.0 - skin) * np.where(offsets < 0.0, weights.outside, weights.inside)
+    outside = (offsets < 0.0) & (sideways < -offsets)
+    return skin + (1.0 - skin) * np.where(outside, weights.outside, weights.inside)
 
 
 def bare_vertices(body) -> np.ndarray:
@@ -73,7 +81,7 @@ def bare_vertices(body) -> np.ndarray:
     from .synth.surface import body_surface
 
     surface = body_surface(body)
-    return surface.part_mask("hand") | (surface.part_mask("head") & (surface.hair < 0.5))
+    return surface.part_mask("hand", "foot") | (surface.part_mask("head") & (surface.hair < 0.5))
 
 
 def clothing_pairing(body, scan: np.ndarray, seed: int = 0, weights: ClothingWeights = ClothingWeights()):
@@ -89,7 +97,7 @@ def clothing_pairing(body, scan: np.ndarray, seed: int = 0, weights: ClothingWei
 
     def pairs(current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids, goals = plain(current)
-        offsets = signed_offsets(current[ids], vertex_normals(current, faces)[ids], goals)
-        return ids, goals, pair_weights(offsets, bare[ids], weights)
+        offsets, sideways = signed_offsets(current[ids], vertex_normals(current, faces)[ids], goals)
+        return ids, goals, pair_weights(offsets, sideways, bare[ids], weights)
 
     return pairs

@@ -7,7 +7,7 @@ import torch
 import trimesh
 
 from lvd_core.body import load_body_model
-from lvd_core.clothing import inside_share, pair_weights
+from lvd_core.clothing import outside_scan, pair_weights
 from lvd_core.fit import FitOptions, fit_to_vertices, refine_to_surface, surface_pairing
 from lvd_core.measurements import readable_phenotypes
 from lvd_core.synth import ScanRealism, make_scan
@@ -18,16 +18,18 @@ from synthetic_models import make_model_arrays, write_official_pickle
 def test_a_sphere_inside_a_larger_one_is_inside_and_not_the_other_way():
     small = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
     large = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
-    assert inside_share(small.vertices, small.faces, large.vertices).all()
-    assert not inside_share(large.vertices, large.faces, small.vertices).any()
-    # within the tolerance, the larger sphere counts as inside the smaller one
-    assert inside_share(large.vertices, large.faces, small.vertices, tolerance=0.11).all()
+    assert not outside_scan(small.vertices, small.faces, large.vertices).any()
+    assert outside_scan(large.vertices, large.faces, small.vertices).all()
+    # within the tolerance, the larger sphere does not count as outside the smaller one
+    assert not outside_scan(large.vertices, large.faces, small.vertices, tolerance=0.11).any()
 
 
 def test_pairs_pull_hard_from_outside_weakly_from_inside_and_fully_on_the_skin():
-    offsets = np.array([-0.03, 0.03, 0.0, 0.001, 0.01, 0.01])
-    weights = pair_weights(offsets, bare=np.array([False, False, False, False, False, True]))
+    offsets = np.array([-0.03, 0.03, 0.0, 0.001, 0.01, 0.01, -0.03])
+    sideways = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05])
+    weights = pair_weights(offsets, sideways, bare=np.array([False, False, False, False, False, True, False]))
     assert weights[0] > 1.0 > 0.2 > weights[1]  # body out of the clothes / cloth over the body
+    assert weights[6] < 0.2  # a scan point far sideways (a hole's rim) says nothing about outside
     assert weights[2] == pytest.approx(1.0) and weights[3] > 0.9  # on the skin
     assert weights[4] < 0.2 < 0.5 < weights[5]  # 1 cm of cloth over a shirt; a hand 1 cm inside is still skin
 
@@ -64,8 +66,7 @@ def test_a_loose_garment_does_not_inflate_the_body():
         return 1000 * abs(fitted - readable_phenotypes(body, scan.params)[0]["hip_m"])
 
     assert hip_error_mm(clothed) < 0.5 * hip_error_mm(plain)
-    outside = 1 - inside_share(clothed.vertices[0].numpy(), body.faces, scan.points, 0.005).mean()
-    assert outside < 0.05
+    assert outside_scan(clothed.vertices[0].numpy(), body.faces, scan.points, 0.005).mean() < 0.05
 
 
 def _shape(body, **phenotypes) -> torch.Tensor:
