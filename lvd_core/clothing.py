@@ -26,7 +26,8 @@ class ClothingWeights:
     inside:    the scan lies outside the body by more than a few `skin` widths (cloth, hair, a loose garment).
     skin:      metres: the scan within about this of the body counts as skin, weight 1 from both sides (so sensor
                noise pulls evenly either way).
-    bare_skin: metres: the same width on the parts seldom clothed (hands, face), where the scan is skin further out.
+    bare_skin: metres: the same width on the parts seldom clothed (hands, face, feet in thin shoes), where the
+               scan is skin further out.
     """
 
     outside: float = 2.0
@@ -76,8 +77,8 @@ def pair_weights(offsets: np.ndarray, sideways: np.ndarray, bare: np.ndarray, we
 
 
 def bare_vertices(body) -> np.ndarray:
-    """(V,) bool: the body's vertices on parts seldom clothed: hands and the face (the head without its hair
-    cover). A hand model is bare throughout."""
+    """(V,) bool: the body's vertices on parts seldom clothed: hands, feet (shoes are thin) and the face (the head
+    without its hair cover). A hand model is bare throughout."""
     from .synth.surface import body_surface
 
     surface = body_surface(body)

@@ -7,10 +7,11 @@ Stages, each a small function:
    points it dominates), so the solver starts near the answer.
 3. `levenberg_marquardt` stages: pose, shape, pose, then everything (least squares), restarts from probe
    ages for Anny (`escape_shape_minima`), and a robust finish (Geman-McClure reweighting) so a few wild LVD
-   vertices cannot drag the body; weak priors keep the shape near neutral and unseen joints at rest.
+   vertices cannot drag the body; priors keep the shape plausible
+   (BodyModel.shape_prior) and unseen joints at rest.
 4. `refine_with_pairs`: ICP-style rounds of the same solver with re-paired (body vertex, goal) rows, anchored
-   by the LVD vertices: `refine_to_surface` pairs the body with the scan's surface (scans), and the photo fit
-   pairs its silhouette with the person mask (lvd_core.photo).
+   by the LVD vertices: `refine_to_surface` pairs the body with the scan's surface (scans; by default inside
+   the clothes, lvd_core.clothing), and the photo fit pairs its silhouette with the person mask (lvd_core.photo).
 
 Why not the paper's fit (Adam, 500 steps, lr 0.1 with linear decay, L1 + 0.01 mean(beta^2))? The closed-form
 initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-15x
