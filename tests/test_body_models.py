@@ -211,3 +211,31 @@ def test_vertex_subset_equals_full_output(body):
     p = _random_params(body, 2)
     ids = torch.arange(0, body.vertex_count, 7)
     assert torch.allclose(body(p, vertex_ids=ids).vertices, body(p).vertices[:, ids], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["anny", "anny-hand-right"])
+def test_closed_form_vertex_jacobian_equals_autograd_and_differences(name):
+    body = load_body_model(name, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    params = body.zero_params(2)
+    params.global_orient = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    params.joint_pose = 0.4 * torch.randn(params.joint_pose.shape, generator=g, dtype=torch.float64)
+    params.shape = 0.3 + 0.4 * torch.rand(params.shape.shape, generator=g, dtype=torch.float64)
+    params.scale = torch.tensor([[1.3], [0.8]], dtype=torch.float64)
+    ids = torch.arange(0, body.vertex_count, 11)
+    joints = torch.tensor([0, 1, body.joint_count // 2, body.joint_count - 1])
+    probes = params.shape[:, None] + 0.01 * torch.randn(2, 3, body.shape_size, generator=g, dtype=torch.float64)
+    row_weights = torch.rand(2, len(ids), generator=g, dtype=torch.float64)
+    d_rotation, d_shape = body.vertex_jacobian(params, ids, joints, probes, row_weights)
+
+    def posed(chosen):  # the axis-angles of `joints` (B, K, 3) -> vertices (B, N, 3)
+        full_pose = params.full_pose.index_copy(1, joints, chosen)
+        return body(params.with_(global_orient=full_pose[:, 0], joint_pose=full_pose[:, 1:]), vertex_ids=ids).vertices
+
+    full = torch.autograd.functional.jacobian(posed, params.full_pose[:, joints], strategy="forward-mode", vectorize=True)
+    expected = torch.stack([full[b, :, :, b] for b in range(2)]) * row_weights[..., None, None, None]  # (B, N, 3, K, 3)
+    assert torch.allclose(d_rotation, expected, atol=1e-12)
+    with torch.no_grad():
+        base = body(params, vertex_ids=ids).vertices
+        moved = torch.stack([body(params.with_(shape=probes[:, t]), vertex_ids=ids).vertices - base for t in range(3)], dim=-1)
+    assert torch.allclose(d_shape, moved * row_weights[..., None, None], atol=1e-12)

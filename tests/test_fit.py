@@ -166,3 +166,14 @@ def test_landmarks_of_the_wrong_shape_are_refused(model_files):
     bad = LandmarkTargets(torch.zeros(3, body.vertex_count - 1), torch.zeros(1, 3, 3), torch.ones(1, 3))
     with pytest.raises(ValueError, match="one column per body vertex"):
         fit_to_vertices(body, truth, landmarks=bad)
+
+
+def test_closed_form_and_difference_jacobians_fit_alike():
+    body = load_body_model("anny-hand")
+    _, truth = _known_bodies(body, batch=1, seed=3, pose_scale=0.2)
+    ids = torch.arange(0, body.vertex_count, 3)
+    fits = [fit_to_vertices(body, truth[:, ids], ids, options=FitOptions(jacobian=j)) for j in ("analytic", "finite_difference")]
+    assert max(_mean_error_mm(fits[0].vertices, truth)) < 1.0
+    assert (fits[0].vertices - fits[1].vertices).norm(dim=-1).mean() < 1e-3
+    with pytest.raises(ValueError, match="expected 'analytic' or 'finite_difference'"):
+        fit_to_vertices(body, truth[:, ids], ids, options=FitOptions(jacobian="autograd"))

@@ -86,6 +86,13 @@ class BodyOutput:
 # The maths, one small step per function (shapes in the docstrings).
 
 
+def skew_matrix(vector: Tensor) -> Tensor:
+    """[v]x, the matrix of the cross product with v: (..., 3) -> (..., 3, 3)."""
+    x, y, z = vector.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*vector.shape[:-1], 3, 3)
+
+
 def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
     """Rodrigues' formula, differentiable at zero. rotvec (..., 3) -> rotation matrices (..., 3, 3)."""
     angle_sq = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
@@ -94,9 +101,7 @@ def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
     # Taylor series near zero keeps the gradient finite.
     sin_over = torch.where(small, 1.0 - angle_sq / 6.0, torch.sin(angle) / angle)
     one_minus_cos_over = torch.where(small, 0.5 - angle_sq / 24.0, (1.0 - torch.cos(angle)) / angle_sq.clamp_min(1e-12))
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    skew = skew_matrix(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(skew)
     return eye + sin_over * skew + one_minus_cos_over * (skew @ skew)
 
@@ -151,9 +156,7 @@ def right_jacobian(rotvec: Tensor) -> Tensor:
     # Taylor series near zero where the closed forms lose their digits.
     cos_term = torch.where(small, 0.5 - angle_sq / 24.0, (1.0 - torch.cos(angle)) / angle_sq.clamp_min(1e-12))
     sin_term = torch.where(small, 1.0 / 6.0 - angle_sq / 120.0, (angle - torch.sin(angle)) / (angle_sq * angle).clamp_min(1e-18))
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    skew = skew_matrix(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(skew)
     return eye - cos_term * skew + sin_term * (skew @ skew)
 
@@ -296,29 +299,64 @@ class BodyModel(torch.nn.Module):
             known[key] = matrix
         return known[key]
 
-    def rotation_jacobian(self, params: BodyParams, vertex_ids: Tensor, joints: Tensor) -> Tensor:
-        """d vertices / d axis-angles of `joints` (K,) (joint 0 is global_orient) of the posed, scaled body's
-        vertices `vertex_ids` (N,): (B, N, 3, K, 3), in closed form (one skinning pass).
+    def skinning_influences(self) -> tuple[Tensor, Tensor]:
+        """Every vertex's nonzero skinning weights as (V, I) joint indices and (V, I) weights, I the most any
+        vertex has (others padded with weight 0): Anny's vertices have at most 9 of 104."""
+        known = self.__dict__.setdefault("_skinning_influences", {})
+        key = (self.dtype, self.device)
+        if key not in known:
+            most = int((self.skinning_weights > 0).sum(1).max())
+            weights, bones = self.skinning_weights.topk(most, dim=1)
+            known[key] = (bones, weights)
+        return known[key]
+
+    def vertex_jacobian(
+        self, params: BodyParams, vertex_ids: Tensor, joints: Tensor, shape_probes: Tensor | None = None,
+        row_weights: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+        """Derivatives of the posed, scaled body's vertices `vertex_ids` (N,) in closed form (one skinning pass):
+        in the axis-angles of `joints` (K,) (joint 0 is global_orient): (B, N, 3, K, 3); and the change towards
+        each of T other shapes `shape_probes` (B, T, S) with the pose held, v(probe) - v(shape): (B, N, 3, T) (or
+        None). Both times row_weights (B, N) when given (cheaper than weighting the result). Pose correctives
+        (SMPL) are left out of both.
 
         A change dr of joint k's axis-angle turns everything below k about its posed head p_k by the world
         angular velocity w = G_k J_r(r_k) dr, so dv = s w x (sum over j below k of w_vj T_j(x_v) - W_vk p_k),
-        W_vk the vertex's skinning weight below k. Pose correctives (SMPL) are left out of the derivative."""
+        W_vk the vertex's skinning weight below k. With the rotations held, v is linear in the rest vertices and
+        joints, so a shape change is the skinning of the rest change alone."""
         rest_v, rest_j = self._rest(params.shape, vertex_ids)
         full_pose = params.full_pose
         rot = global_rotations(axis_angle_to_matrix(full_pose), self.parents, self.levels)
         heads = posed_joints(rest_j, rot, self.parents, self.levels)
         transforms = skinning_transforms(rest_j, heads, rot)  # (B, J, 3, 4)
-        weights = self.skinning_weights[vertex_ids]  # (N, J)
-        below = self.descendant_matrix()[joints].T  # (J, K)
-        # Every joint's transform of every vertex, weighted (B, N, 3, J), summed over the joints below each k.
-        per_joint = torch.einsum("bjck,bnk->bncj", transforms[..., :3], rest_v) + transforms[..., 3].transpose(1, 2)[:, None]
-        arm = (weights[None, :, None] * per_joint) @ below  # (B, N, 3, K)
-        arm = params.scale[:, :, None, None] * (arm - (weights @ below)[None, :, None] * heads[:, joints].transpose(1, 2)[:, None])
+        bones, weights = self.skinning_influences()
+        bones, weights = bones[vertex_ids], weights[vertex_ids]  # (N, I)
+        # Each influence's transform of its vertex (B, N, I, 3), summed, weighted, over the joints below each k.
+        moved_by = transforms[:, bones]  # (B, N, I, 3, 4)
+        per_bone = torch.einsum("bnick,bnk->bnic", moved_by[..., :3], rest_v) + moved_by[..., 3]
+        weight_below = weights[..., None] * self.descendant_matrix()[joints].T[bones]  # (N, I, K)
+        arm = per_bone.transpose(2, 3) @ weight_below  # (B, N, 3, K)
+        scale = params.scale[:, :, None, None]
+        if row_weights is not None:
+            scale = scale * row_weights[:, :, None, None]
+        arm = scale * (arm - weight_below.sum(1)[None, :, None] * heads[:, joints].transpose(1, 2)[:, None])
         velocity = rot[:, joints] @ right_jacobian(full_pose[:, joints])  # (B, K, 3, 3): column m per unit dr_m
         # velocity x arm, component by component: (B, N, K, 3) for each of x, y, z
         v, a = velocity[:, None], arm[..., None]  # (B, 1, K, 3, 3), (B, N, 3, K, 1)
         moved = [v[:, :, :, (i + 1) % 3] * a[:, :, (i + 2) % 3] - v[:, :, :, (i + 2) % 3] * a[:, :, (i + 1) % 3] for i in range(3)]
-        return torch.stack(moved, dim=2)  # (B, N, 3, K, 3)
+        d_rotation = torch.stack(moved, dim=2)  # (B, N, 3, K, 3)
+        if shape_probes is None:
+            return d_rotation, None
+        batch, count = shape_probes.shape[:2]
+        probe_v, probe_j = self._rest(shape_probes.flatten(0, 1), vertex_ids)
+        d_rest_v = probe_v.unflatten(0, (batch, count)) - rest_v[:, None]  # (B, T, N, 3)
+        d_rest_j = (probe_j.unflatten(0, (batch, count)) - rest_j[:, None]).flatten(0, 1)  # (B*T, J, 3)
+        d_heads = posed_joints(d_rest_j, rot.repeat_interleave(count, 0), self.parents, self.levels)
+        d_offsets = (d_heads - (rot.repeat_interleave(count, 0) @ d_rest_j[..., None])[..., 0]).unflatten(0, (batch, count))
+        dense = self.skinning_weights[vertex_ids]  # (N, J)
+        blended = torch.einsum("nj,bjk->bnk", dense, rot.flatten(2)).unflatten(-1, (3, 3))  # (B, N, 3, 3)
+        d_shape = torch.einsum("bnik,btnk->bnit", blended, d_rest_v) + torch.einsum("nj,btjc->bnct", dense, d_offsets)
+        return d_rotation, scale * d_shape
 
     def _skin(self, rest_v: Tensor, rest_j: Tensor, full_pose: Tensor, vertex_ids: Tensor | None = None) -> BodyOutput:
         """rest mesh (B, N, 3) (the vertices `vertex_ids`, or all), rest joints (B, J, 3), axis-angles (B, J, 3)
