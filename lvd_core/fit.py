@@ -38,12 +38,10 @@ class FitOptions:
     full_iterations: int = 10  # then everything free, least squares
     robust_iterations: int = 5  # and last robust (Geman-McClure reweighting)
     # Priors, per squared size of the body (its largest extent, m^2) since residuals scale with it: the weight of
-    # the shape's negative log prior (BodyModel.shape_prior_residuals) against mean squared residuals, of
-    # |joint_pose|^2 (joints without targets stay at rest, the others are unaffected), and of log(scale)^2 (for
-    # inputs whose size is normalised, not unknown: keeps the size in the shape, where the prior sees it).
+    # the shape's negative log prior (BodyModel.shape_prior_residuals) against mean squared residuals, and of
+    # |joint_pose|^2 (joints without targets stay at rest, the others are unaffected).
     shape_prior: float = 3.5e-7
     pose_prior: float = 3.5e-9
-    scale_prior: float = 0.0
     # Geman-McClure scale as a fraction of the body's size (5 cm on a 1.7 m body, 5 mm on a hand): residuals far
     # above it stop pulling.
     robust_scale: float = 0.03
@@ -361,16 +359,14 @@ def levenberg_marquardt(
     batch = targets.shape[0]
     size = body_size(goals.vertex_targets)[:, None]  # (B, 1)
     prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
-    scale_prior = (options.scale_prior**0.5) * size
 
     def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (m*B, P) -> the rows' vertices (m*B, K, 3) and the priors' residuals (m*B, S + 3(J-1) [+ 1])."""
+        """x (m*B, P) -> the rows' vertices (m*B, K, 3) and the priors' residuals (m*B, S + 3(J-1))."""
         m = x.shape[0] // batch
         params = free.candidates(x, stage)
-        terms = [prior.repeat(m, 1) * body.shape_prior_residuals(params.shape), pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)]
-        if options.scale_prior > 0:  # the last row, after the pose prior's
-            terms.append(scale_prior.repeat(m, 1) * params.scale.log())
-        return body(params, vertex_ids=goals.ids).vertices, torch.cat(terms, dim=1)
+        shape_term = prior.repeat(m, 1) * body.shape_prior_residuals(params.shape)
+        pose_term = pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)
+        return body(params, vertex_ids=goals.ids).vertices, torch.cat([shape_term, pose_term], dim=1)
 
     def stack(vertices: Tensor, priors: Tensor, sqrt_w: Tensor) -> Tensor:
         """The weighted residuals (m*B, 3(N + L) + S + 3(J-1)) of evaluate's output."""
@@ -439,8 +435,6 @@ def levenberg_marquardt(
             rows = torch.tensor([point_rows + body.shape_size + 3 * (j - 1) + k for j in free_joints for k in range(3)], device=x.device)
             first = len(columns) - (body.shape_size if d_shape is not None else 0) - len(rows)
             jac[:, rows, first + torch.arange(len(rows), device=x.device)] = pose_prior
-        if options.scale_prior > 0 and free.fit_scale:  # d (scale_prior * log(scale)) / d log(scale), column 6
-            jac[:, -1, 6] = scale_prior[:, 0]
         return jac
 
     if options.jacobian not in ("analytic", "finite_difference"):
