@@ -15,7 +15,7 @@ Stages, each a small function:
    the clothes, lvd_core.clothing), and the photo fit pairs its silhouette with the person mask (lvd_core.photo).
 
 Why not the paper's fit (Adam, 500 steps, lr 0.1 with linear decay, L1 + 0.01 mean(beta^2))? The closed-form
-initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-15x
+initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-17x
 faster (benchmarks/results_body_fit.md); `paper_fit` keeps the paper's recipe as the baseline.
 """
 
@@ -300,7 +300,9 @@ class _Goals:
         seen = landmarks.weights.to(**kw)
         expected = (targets.shape[0], regressor.shape[0])
         if regressor.dim() != 2 or regressor.shape[1] != body.vertex_count:
-            raise ValueError(f"landmark regressor has shape {tuple(regressor.shape)}; expected (L, {body.vertex_count}), one column per body vertex")
+            raise ValueError(
+                f"landmark regressor has shape {tuple(regressor.shape)}; expected (L, {body.vertex_count}), one column per body vertex"
+            )
         if tuple(found.shape) != (*expected, 3) or tuple(seen.shape) != expected:
             raise ValueError(
                 f"landmark targets {tuple(found.shape)} and weights {tuple(seen.shape)} do not match the batch and the "
