@@ -7,12 +7,12 @@ Stages, each a small function:
    points it dominates), so the solver starts near the answer.
 3. `levenberg_marquardt` stages: pose, shape, pose, then everything (least squares), restarts from probe
    ages for Anny (`escape_shape_minima`), and a robust finish (Geman-McClure reweighting) so a few wild LVD
-   vertices cannot drag the body; weak priors keep the shape near neutral and unseen joints at rest. Its
-   Jacobian is in closed form (`BodyModel.vertex_jacobian`: one skinning pass on the rows' vertices only,
-   frozen joints left out). Rows are the LVD vertices and, optionally, landmarks (`LandmarkTargets`).
+   vertices cannot drag the body; priors keep the shape plausible (BodyModel.shape_prior) and unseen joints at
+   rest. Its Jacobian is in closed form (`BodyModel.vertex_jacobian`: one skinning pass on the rows' vertices
+   only, frozen joints left out). Rows are the LVD vertices and, optionally, landmarks (`LandmarkTargets`).
 4. `refine_with_pairs`: ICP-style rounds of the same solver with re-paired (body vertex, goal) rows, anchored
-   by the LVD vertices: `refine_to_surface` pairs the body with the scan's surface (scans), and the photo fit
-   pairs its silhouette with the person mask (lvd_core.photo).
+   by the LVD vertices: `refine_to_surface` pairs the body with the scan's surface (scans; by default inside
+   the clothes, lvd_core.clothing), and the photo fit pairs its silhouette with the person mask (lvd_core.photo).
 
 Why not the paper's fit (Adam, 500 steps, lr 0.1 with linear decay, L1 + 0.01 mean(beta^2))? The closed-form
 initialisation plus Levenberg-Marquardt converges in tens of steps, to sub-millimetre on exact targets, 3-17x
@@ -38,8 +38,8 @@ class FitOptions:
     full_iterations: int = 10  # then everything free, least squares
     robust_iterations: int = 5  # and last robust (Geman-McClure reweighting)
     # Priors, per squared size of the body (its largest extent, m^2) since residuals scale with it: the weight of
-    # |shape - neutral|^2 against mean squared residuals, and of |joint_pose|^2 (joints without targets stay at
-    # rest, the others are unaffected).
+    # the shape's negative log prior (BodyModel.shape_prior_residuals) against mean squared residuals, and of
+    # |joint_pose|^2 (joints without targets stay at rest, the others are unaffected).
     shape_prior: float = 3.5e-7
     pose_prior: float = 3.5e-9
     # Geman-McClure scale as a fraction of the body's size (5 cm on a 1.7 m body, 5 mm on a hand): residuals far
@@ -215,12 +215,7 @@ class _Free:
         self.joint_pose = params.joint_pose.detach().clone().requires_grad_(True)
         self.translation = params.translation.detach().clone().requires_grad_(True)
         self.log_scale = params.scale.detach().log().requires_grad_(True)
-        shape = params.shape.detach()
-        if body.shape_bounds:
-            lo, hi = body.shape_bounds
-            unit = ((shape - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
-            shape = torch.log(unit / (1 - unit))
-        self.shape_raw = shape.clone().requires_grad_(True)
+        self.shape_raw = body.unbounded_shape(params.shape.detach()).clone().requires_grad_(True)
 
     def shape_of(self, raw: Tensor) -> Tensor:
         """The shape of unknowns `raw` (..., S)."""
@@ -371,7 +366,7 @@ def levenberg_marquardt(
         """x (m*B, P) -> the rows' vertices (m*B, K, 3) and the priors' residuals (m*B, S + 3(J-1))."""
         m = x.shape[0] // batch
         params = free.candidates(x, stage)
-        shape_term = prior.repeat(m, 1) * (params.shape - body.default_shape())
+        shape_term = prior.repeat(m, 1) * body.shape_prior_residuals(params.shape)
         pose_term = pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)
         return body(params, vertex_ids=goals.ids).vertices, torch.cat([shape_term, pose_term], dim=1)
 
@@ -432,10 +427,12 @@ def levenberg_marquardt(
             d_points[:, goals.vertex_count :] *= sqrt_w[:, goals.vertex_count :, None, None]
         point_rows = d_points.shape[1] * 3
         jac = torch.cat([d_points.flatten(1, 2), d_points.new_zeros(batch, r.shape[1] - point_rows, len(columns))], dim=1)
-        if d_shape is not None:  # the shape prior's rows: prior * (shape - neutral)
-            change = (shape_probes.diagonal(dim1=1, dim2=2) - params.shape) / step
+        if d_shape is not None:  # the shape prior's rows, prior * shape_prior_residuals: differenced like the shape
+            at = body.shape_prior_residuals(params.shape)  # (B, S)
+            probed = body.shape_prior_residuals(shape_probes.flatten(0, 1)).unflatten(0, shape_probes.shape[:2])
             span = torch.arange(body.shape_size, device=x.device)
-            jac[:, point_rows + span, len(columns) - body.shape_size + span] = prior * change
+            change = (probed - at[:, None]).transpose(1, 2) / step  # (B, row, unknown)
+            jac[:, point_rows + span[:, None], len(columns) - body.shape_size + span[None]] = prior[:, :, None] * change
         if free_joints:  # the pose prior's rows: pose_prior * joint_pose
             rows = torch.tensor([point_rows + body.shape_size + 3 * (j - 1) + k for j in free_joints for k in range(3)], device=x.device)
             first = len(columns) - (body.shape_size if d_shape is not None else 0) - len(rows)
@@ -581,9 +578,10 @@ def refine_with_pairs(
     landmarks: LandmarkTargets | None = None,
 ) -> FitResult:
     """ICP-style rounds: each round, `pairing[b](current vertices (V, 3) numpy)` returns body vertex ids (K,)
-    and their goals (K, 3) (metres, model frame) for batch item b; Levenberg-Marquardt then solves with the
-    LVD vertices as an anchor (the pairs weigh `options.surface_weight` : 1 against them), robustly: every
-    pair is one more (vertex, target) row. Items are refined one at a time (their pairs differ)."""
+    and their goals (K, 3) (metres, model frame) for batch item b, and optionally the pairs' weights (K,) (1 when
+    absent); Levenberg-Marquardt then solves with the LVD vertices as an anchor (unit-weight pairs weigh
+    `options.surface_weight` : 1 against them), robustly: every pair is one more (vertex, target) row. Items are
+    refined one at a time (their pairs differ)."""
     options = options or FitOptions()
     if vertex_ids is None:
         vertex_ids = torch.arange(body.vertex_count, device=body.device)
@@ -594,11 +592,12 @@ def refine_with_pairs(
         for _ in range(rounds):
             with torch.no_grad():
                 current = body(free.params()).vertices[0].cpu().numpy()
-            pair_ids, pair_goals = pairs_of(current)
+            pair_ids, pair_goals, *pair_weights = pairs_of(current)
             ids = torch.cat([vertex_ids.cpu(), torch.as_tensor(pair_ids, dtype=torch.long)]).to(body.device)
             goals = torch.cat([targets[b], torch.as_tensor(pair_goals, dtype=body.dtype, device=body.device)])[None]
             pair_weight = options.surface_weight * len(vertex_ids) / max(len(pair_ids), 1)
-            weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((len(pair_ids),), pair_weight)])[None]
+            pair_weights = torch.as_tensor(pair_weights[0] if pair_weights else np.ones(len(pair_ids)), dtype=torch.float32)
+            weights = torch.cat([torch.ones(len(vertex_ids)), pair_weight * pair_weights])[None]
             rows = _Goals(body, goals, ids, weights.to(body.device, body.dtype), None if landmarks is None else landmarks.item(b))
             levenberg_marquardt(
                 body, free, "full", rows, options, options.surface_steps_per_round, robust_scale(targets[b : b + 1], options)
@@ -637,10 +636,14 @@ def refine_to_surface(
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
+    pairing=None,
 ) -> FitResult:
-    """Pull the fitted body onto the scan (`refine_with_pairs` with `surface_pairing`). scan_points: per batch
-    item (M_b, 3), metres."""
-    pairing = [surface_pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
+    """Fit the body into the scan (`refine_with_pairs`). scan_points: per batch item (M_b, 3), metres.
+    pairing(body, scan (M, 3) numpy) makes each item's pairing: by default `lvd_core.clothing.clothing_pairing`
+    (the body inside the clothes, on the skin); `surface_pairing` pulls it onto the scan everywhere."""
+    if pairing is None:
+        from .clothing import clothing_pairing as pairing
+    pairing = [pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
     return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options, landmarks)
 
 

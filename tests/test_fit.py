@@ -1,11 +1,13 @@
 """The body-parameter fit recovers known parameters from their vertices, on every backend; the paper's fit is
 the baseline it must beat."""
 
+import numpy as np
 import pytest
 import torch
 
 from lvd_core.body import load_body_model
 from lvd_core.fit import FitOptions, LandmarkTargets, fit_to_vertices, paper_fit, refine_to_surface, weighted_umeyama
+from lvd_core.synth.shapes import sample_shape
 from synthetic_models import make_model_arrays, write_official_pickle
 
 
@@ -23,8 +25,8 @@ def _known_bodies(body, batch=2, seed=1, pose_scale=0.3):
     p = body.zero_params(batch)
     p.global_orient = torch.randn(batch, 3, generator=g)
     p.joint_pose = pose_scale * torch.randn(p.joint_pose.shape, generator=g)
-    if body.shape_bounds:
-        p.shape = 0.2 + 0.6 * torch.rand(p.shape.shape, generator=g)
+    if body.shape_bounds:  # plausible people: the fit's shape prior rightly resists implausible ones
+        p.shape = torch.as_tensor(sample_shape(body, np.random.default_rng(seed), batch))
     else:
         p.shape = torch.randn(p.shape.shape, generator=g)
     p.translation = torch.randn(batch, 3, generator=g)

@@ -22,6 +22,9 @@ from .anny_data import ANNY_VARIANTS, model_data_path
 from .base import BodyModel, BodyModelError, BodyParams
 
 
+SHAPE_PRIOR_SAMPLES = 20_000  # draws of anny's shape distribution the prior's mean and covariance come from
+
+
 def _load_anny(variant: str):
     """The anny model of `variant`, built from our shipped compact data (milliseconds, no cache folder)."""
     import anny
@@ -82,6 +85,22 @@ class AnnyBody(BodyModel):
 
     def default_shape(self) -> Tensor:
         return torch.full((self.shape_size,), 0.5, dtype=self.dtype, device=self.device)
+
+    def shape_prior(self) -> tuple[Tensor, Tensor]:
+        """The Gaussian (in logit space) of the adult phenotypes anny's calibrated distribution draws, the one the
+        synthetic training bodies come from: weight, sex, height and age move together as in real people, and a
+        child-like shape costs what it should. Drawn once per model (a fixed seed: the same prior every run)."""
+        known = self.__dict__.setdefault("_shape_prior", {})
+        key = (self.dtype, self.device)
+        if key not in known:
+            from ..synth.shapes import sample_shape
+
+            samples = torch.as_tensor(sample_shape(self, np.random.default_rng(0), SHAPE_PRIOR_SAMPLES), dtype=torch.float64)
+            logits = self.unbounded_shape(samples)
+            information = torch.linalg.inv(torch.cov(logits.T))
+            root = torch.linalg.cholesky(information)
+            known[key] = (logits.mean(0).to(self.device, self.dtype), root.to(self.device, self.dtype))
+        return known[key]
 
     def _coefficients(self, shape: Tensor) -> Tensor:
         """phenotypes (B, 6) -> anny's blendshape coefficients (B, K) (piecewise-linear, nonlinear overall).

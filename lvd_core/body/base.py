@@ -212,6 +212,29 @@ class BodyModel(torch.nn.Module):
         """(S,) the neutral shape (0.5 phenotypes for Anny, zero betas for SMPL/MANO)."""
         return torch.zeros(self.shape_size, dtype=self.dtype, device=self.device)
 
+    def unbounded_shape(self, shape: Tensor) -> Tensor:
+        """shape (B, S) -> the same on the real line, where a fit moves it: bounded shapes (Anny phenotypes) through
+        the logit of their place between the bounds (kept 1e-4 off them), unbounded ones (betas) unchanged."""
+        if not self.shape_bounds:
+            return shape
+        lo, hi = self.shape_bounds
+        unit = ((shape - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
+        return torch.log(unit / (1 - unit))
+
+    def shape_prior(self) -> tuple[Tensor, Tensor] | None:
+        """The shapes people have, as a Gaussian over `unbounded_shape`: mean (S,) and square-root information
+        root (S, S) (root @ root.T the inverse covariance), or None for N(0, 1) about `default_shape` (betas)."""
+        return None
+
+    def shape_prior_residuals(self, shape: Tensor) -> Tensor:
+        """shape (B, S) -> (B, S) residuals whose squared sum is the shape's negative log prior (up to a constant):
+        (unbounded_shape - mean) @ root, or shape - default_shape under N(0, 1)."""
+        prior = self.shape_prior()
+        if prior is None:
+            return shape - self.default_shape()
+        mean, root = prior
+        return (self.unbounded_shape(shape) - mean) @ root
+
     def parameter_layout(self) -> dict[str, tuple[int, ...]]:
         """Names and per-sample shapes of the parameters, in the order of `BodyParams`."""
         return {

@@ -13,7 +13,7 @@ WITH_CHILDREN_AGE_YEARS = (4.0, 80.0)
 
 
 @lru_cache(maxsize=4)
-def _anny_distribution(body, children: bool):
+def anny_distribution(body, children: bool):
     from anny.shape_distribution import SimpleShapeDistribution
 
     low, high = WITH_CHILDREN_AGE_YEARS if children else ADULT_AGE_YEARS
@@ -28,7 +28,7 @@ def sample_shape(body, rng: np.random.Generator, n: int, *, children: bool = Fal
     models: betas ~ N(0, 1)."""
     if body.shape_bounds is None:
         return rng.normal(size=(n, body.shape_size)).astype(np.float32)
-    distribution = _anny_distribution(body, children)
+    distribution = anny_distribution(body, children)
     # anny samples with torch's global generator: seed a private copy of it from `rng` (reproducible, and the
     # caller's torch random state is left untouched).
     with torch.random.fork_rng(devices=[]):
