@@ -1,0 +1,269 @@
+"""SMPL, SMPL-X and MANO bodies from a fitted Anny body, without a network of their own.
+
+The shipped Anny networks find the body; `transfer_fit` then fits the user's model to the fitted Anny body:
+1. joints matched by name where the two skeletons agree (JOINT_MAPS, the one place the names are paired),
+   with the Anny surface as a loose anchor so the twist of each limb follows the flesh;
+2. surface to surface: nearest-point pairs both ways between the two unclothed bodies, re-paired each round,
+   under the target model's own shape prior (betas ~ N(0, 1)) and pose prior.
+Both stages are lvd_core.fit's solver (`fit_to_vertices`, `refine_with_pairs`, `LandmarkTargets`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .body import BodyModel, BodyParams
+from .fit import FitOptions, FitResult, LandmarkTargets, fit_to_vertices, refine_with_pairs
+from .inputs.frame import QUARTER_TURNS
+
+SIDES = (("left", "L"), ("right", "R"))
+ANNY_FINGERS = {"thumb": 1, "index": 2, "middle": 3, "ring": 4, "pinky": 5}
+
+
+def _both_sides(pairs: dict[str, str]) -> dict[str, str]:
+    """{"hip": "upperleg01"} -> {"left_hip": "upperleg01.L", "right_hip": "upperleg01.R"}."""
+    return {f"{side}_{target}": f"{anny}.{suffix}" for side, suffix in SIDES for target, anny in pairs.items()}
+
+
+def _anny_fingers(suffix: str, prefix: str = "") -> dict[str, str]:
+    """SMPL-X / MANO finger joints (index1 ... thumb3) -> Anny finger bones of one hand."""
+    return {f"{prefix}{finger}{k}": f"finger{n}-{k}.{suffix}" for finger, n in ANNY_FINGERS.items() for k in (1, 2, 3)}
+
+
+_SMPL_BODY = {
+    "pelvis": "root", "spine1": "spine04", "spine2": "spine02", "spine3": "spine01", "neck": "neck01", "head": "head",
+    **_both_sides({"hip": "upperleg01", "knee": "lowerleg01", "ankle": "foot", "foot": "toe3-1", "collar": "clavicle",
+                   "shoulder": "upperarm01", "elbow": "lowerarm01", "wrist": "wrist"}),
+}  # fmt: skip
+# Target joint -> the Anny bone whose head lies where that joint is, per target model (source: Anny body or hand).
+JOINT_MAPS = {
+    "smpl": {**_SMPL_BODY, **_both_sides({"hand": "finger3-1"})},
+    "smplx": {
+        **_SMPL_BODY, "left_eye_smplhf": "eye.L", "right_eye_smplhf": "eye.R",
+        **{k: v for side, suffix in SIDES for k, v in _anny_fingers(suffix, f"{side}_").items()},
+    },
+    "mano-right": {"wrist": "wrist.R", **_anny_fingers("R")},
+    "mano-left": {"wrist": "wrist.L", **_anny_fingers("L")},
+}  # fmt: skip
+# Joints whose centres the skeletons place differently (a foot joint at the toes or the ball, a hand joint at the
+# knuckles, a collar bone at the sternum or the shoulder) weigh this much in the joint stage, the others 1: they
+# only start the limb's end turned the right way; the surface stage places it.
+LOOSE_JOINTS = {"left_foot", "right_foot", "left_hand", "right_hand", "left_collar", "right_collar",
+                "left_eye_smplhf", "right_eye_smplhf"}  # fmt: skip
+LOOSE_WEIGHT = 0.25
+SOURCE_MODELS = {"smpl": "anny", "smplx": "anny", "mano-right": "anny-hand-right", "mano-left": "anny-hand-left"}
+
+
+def joint_map(target: BodyModel) -> dict[str, str]:
+    """The target model's joints matched to Anny bones (target joint name -> Anny bone name)."""
+    if target.name not in JOINT_MAPS:
+        raise ValueError(f"no transfer from Anny to {target.name!r}; expected one of: {', '.join(JOINT_MAPS)}")
+    return JOINT_MAPS[target.name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the target model with its joints as extra points
+
+
+class JointsAsVertices(BodyModel):
+    """`body` whose vertex list goes on with its posed joints (vertex V + j is joint j), so the fit's solver can
+    match joints and surface points as rows of one kind. Posing joints only costs the kinematic chain."""
+
+    def __init__(self, body: BodyModel):
+        super().__init__()
+        self.body = body
+        self.mesh_vertex_count = body.vertex_count
+        for name in ("name", "up_axis", "faces", "joint_names", "parents", "shape_names", "shape_bounds", "levels"):
+            setattr(self, name, getattr(body, name))
+        # A joint moves with its parent's rotation: its part (fit.part_rotation_init) is the parent's.
+        owners = torch.as_tensor(np.maximum(body.parents, 0))
+        joint_rows = torch.nn.functional.one_hot(owners, body.joint_count).to(body.skinning_weights)
+        self.register_buffer("skinning_weights", torch.cat([body.skinning_weights, joint_rows]))
+
+    def default_shape(self) -> Tensor:
+        return self.body.default_shape()
+
+    def rest_vertices(self, shape: Tensor) -> Tensor:
+        return torch.cat([self.body.rest_vertices(shape), self.body.rest_joints(shape)], dim=1)
+
+    def rest_joints(self, shape: Tensor) -> Tensor:
+        return self.body.rest_joints(shape)
+
+    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None):
+        from .body.base import BodyOutput, axis_angle_to_matrix, global_rotations, posed_joints
+
+        count = self.mesh_vertex_count
+        if vertex_ids is None or (vertex_ids < count).any():
+            mesh_ids = None if vertex_ids is None else vertex_ids[vertex_ids < count]
+            out = self.body._posed(params, mesh_ids)
+            joints, rotations, mesh = out.joints, out.joint_rotations, out.vertices
+        else:  # joints only: no skinning
+            rotations = global_rotations(axis_angle_to_matrix(params.full_pose), self.parents, self.levels)
+            joints = posed_joints(self.body.rest_joints(params.shape), rotations, self.parents, self.levels)
+            mesh = joints[:, :0]
+        points = torch.cat([mesh, joints], dim=1)
+        if vertex_ids is not None:  # back to the order asked for: mesh rows first in `points`, then the joints
+            is_mesh = vertex_ids < count
+            rank = torch.cumsum(is_mesh.long(), 0) - 1
+            points = points[:, torch.where(is_mesh, rank, mesh.shape[1] + vertex_ids - count)]
+        return BodyOutput(vertices=points, joints=joints, joint_rotations=rotations)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the transfer
+
+
+@dataclass
+class TransferOptions:
+    joint_fit: FitOptions = None  # stage 1 (joints only); None: TRANSFER_JOINT_FIT
+    surface_fit: FitOptions = None  # stage 2 (surface pairs, joints as the anchor); None: TRANSFER_SURFACE_FIT
+    pairs: int = 600  # target vertices and source vertices paired each round (each way)
+    seed: int = 0
+
+
+TRANSFER_JOINT_FIT = FitOptions(
+    pose_iterations=3, shape_iterations=2, alternations=1, full_iterations=6, robust_iterations=0, fit_scale=False,
+    age_probes=(),
+)  # fmt: skip
+TRANSFER_SURFACE_FIT = FitOptions(
+    fit_scale=False, age_probes=(), surface_iterations=8, surface_steps_per_round=2, surface_weight=20.0,
+)  # fmt: skip
+
+
+@dataclass
+class TransferReport:
+    """How the transfer went: distances between the two bodies (mm, both ways, over all vertices), the matched
+    joints' mean distance to their Anny bones (mm) and the time taken (s)."""
+
+    target_to_source_mm: float
+    source_to_target_mm: float
+    joint_mm: float
+    seconds: float
+    matched_joints: list[str]
+
+
+def _nearest(points: np.ndarray, tree) -> np.ndarray:
+    return tree.query(points, k=1)[1]
+
+
+def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) unit area-weighted vertex normals."""
+    corners = vertices[faces]
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], face_normals)
+    return normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
+
+
+def two_way_pairing(source: np.ndarray, source_faces: np.ndarray, target_vertex_count: int, count: int, seed: int = 0):
+    """The pairing of fit.refine_with_pairs between a body `source` (V_s, 3) and the target model's vertices:
+    sampled target vertices with the tangent plane of their nearest source vertex (point to plane, so the coarser
+    mesh is not pulled onto the finer one's vertices), and sampled source vertices with their nearest target vertex."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    tree, normals = cKDTree(source), _vertex_normals(source, source_faces)
+    target_sample = rng.choice(target_vertex_count, min(count, target_vertex_count), replace=False)
+    source_sample = source[rng.choice(len(source), min(count, len(source)), replace=False)]
+
+    def pairs(current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mesh = current[:target_vertex_count]
+        points = mesh[target_sample]
+        nearest = _nearest(points, tree)
+        offset = ((source[nearest] - points) * normals[nearest]).sum(1, keepdims=True)
+        goals = points + offset * normals[nearest]
+        return np.concatenate([target_sample, _nearest(source_sample, cKDTree(mesh))]), np.concatenate([goals, source_sample])
+
+    return pairs
+
+
+def transfer_fit(
+    source_body: BodyModel, source_params: BodyParams, target_body: BodyModel, options: TransferOptions | None = None
+) -> tuple[BodyParams, Tensor, TransferReport]:
+    """Fit `target_body` (SMPL, SMPL-X or MANO) to the posed Anny body `source_params` of `source_body`.
+
+    source_params: batch 1, in Anny's model frame (Z-up, metres). Returns the target's parameters (batch 1, in
+    the target's model frame: Anny's frame turned to the target's up axis by `frame_rotation`, same origin; the
+    Anny fit's scale kept), its vertices (1, V, 3) in that frame, and a TransferReport."""
+    options = options or TransferOptions()
+    start = time.perf_counter()
+    mapping = joint_map(target_body)
+    matched = [name for name in target_body.joint_names if name in mapping]
+    weights = torch.tensor([[LOOSE_WEIGHT if name in LOOSE_JOINTS else 1.0 for name in matched]],
+                           dtype=target_body.dtype, device=target_body.device)  # fmt: skip
+    rotation = torch.as_tensor(frame_rotation(source_body, target_body), dtype=target_body.dtype, device=target_body.device)
+    # Fit in the Anny fit's own size (scale 1, no translation); its scale and translation are put back last.
+    unscaled = source_params.with_(scale=torch.ones_like(source_params.scale), translation=torch.zeros_like(source_params.translation))
+    with torch.no_grad():
+        posed = source_body(unscaled)
+    source_vertices = (posed.vertices[0].to(target_body.dtype) @ rotation.T).to(target_body.device)
+    source_joints = posed.joints[0].to(target_body.dtype).to(target_body.device) @ rotation.T
+    joint_targets = source_joints[[source_body.joint_names.index(mapping[name]) for name in matched]][None]
+    fast = _fast_twin(target_body)
+    model = JointsAsVertices(fast)
+    joint_ids = torch.tensor([fast.vertex_count + fast.joint_names.index(n) for n in matched], device=target_body.device)
+    first = fit_to_vertices(model, joint_targets, joint_ids, weights, options=options.joint_fit or TRANSFER_JOINT_FIT)
+    pairing = two_way_pairing(
+        source_vertices.cpu().double().numpy(), source_body.faces, fast.vertex_count, options.pairs, options.seed
+    )
+    second = refine_with_pairs(model, first, joint_targets, [pairing], joint_ids, options.surface_fit or TRANSFER_SURFACE_FIT)
+    params = second.params
+    scale = source_params.scale.to(params.global_orient)
+    shift = (rotation @ source_params.translation.to(params.global_orient)[0])[None]
+    params = params.with_(scale=scale, translation=scale * params.translation + shift)
+    with torch.no_grad():
+        out = target_body(params)
+    seconds = time.perf_counter() - start
+    report = _report(out.vertices[0], out.joints[0], target_body, (source_vertices * scale[0] + shift[0]),
+                     joint_targets[0] * scale[0] + shift[0], matched, seconds)  # fmt: skip
+    return params, out.vertices, report
+
+
+def frame_rotation(source_body: BodyModel, target_body: BodyModel) -> np.ndarray:
+    """(3, 3) source model frame -> target model frame (a quarter turn between their up axes)."""
+    return QUARTER_TURNS[(source_body.up_axis, target_body.up_axis)]
+
+
+def _fast_twin(body: BodyModel) -> BodyModel:
+    """The model to fit with: smplx-backed SMPL / MANO as their CorrectiveLBSBody twin (same maths, but posing a
+    vertex subset costs only that subset), kept per model."""
+    from .body.smplx_model import CorrectiveLBSBody
+
+    if isinstance(body, CorrectiveLBSBody) or not hasattr(body, "layer"):
+        return body
+    if "_transfer_twin" not in body.__dict__:
+        body.__dict__["_transfer_twin"] = CorrectiveLBSBody.twin_of(body)
+    return body.__dict__["_transfer_twin"]
+
+
+def _report(vertices, joints, target_body, source_vertices, joint_targets, matched, seconds) -> TransferReport:
+    from scipy.spatial import cKDTree
+
+    target_np, source_np = vertices.detach().cpu().double().numpy(), source_vertices.detach().cpu().double().numpy()
+    there = cKDTree(source_np).query(target_np, k=1)[0]
+    back = cKDTree(target_np).query(source_np, k=1)[0]
+    ids = [target_body.joint_names.index(n) for n in matched]
+    joint_mm = 1000 * float((joints[ids] - joint_targets).norm(dim=-1).mean())
+    return TransferReport(1000 * float(there.mean()), 1000 * float(back.mean()), joint_mm, seconds, matched)
+
+
+def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, samples_per_face: int = 10) -> np.ndarray:
+    """(N,) distance (same units) from each point (N, 3) to the mesh (vertices, faces): to the plane of the face of
+    the nearest of a dense sample of the surface (exact wherever that point's foot falls inside the face)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(0)
+    weights = rng.dirichlet(np.ones(3), size=samples_per_face)  # (K, 3) barycentric
+    corners = vertices[faces]  # (F, 3, 3)
+    sample = np.einsum("kc,fcd->fkd", weights, corners).reshape(-1, 3)
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
+    nearest = cKDTree(sample).query(points, k=1)[1]
+    face = nearest // samples_per_face
+    return np.abs(((points - sample[nearest]) * normals[face]).sum(1))
