@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core.body import load_body_model  # noqa: E402
-from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR, apply_transform, fit_scan  # noqa: E402
+from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR, fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from lvd_core.synth.standins import write_standin  # noqa: E402
-from lvd_core.transfer import frame_rotation, surface_distance, transfer_fit  # noqa: E402
+from lvd_core.transfer import surface_distance, transfer_result  # noqa: E402
 
 
 def percentiles(errors_mm: np.ndarray) -> str:
@@ -47,18 +46,17 @@ def transfer_rows(source_name: str, targets: dict, n: int) -> list[str]:
         size = np.abs(np.linalg.det(result.input_from_model[:3, :3])) ** (1 / 3)  # input units per model metre
         anny_mm.append(1000 * surface_distance(scan.vertices_gt, result.vertices_input, source.faces) / size)
         for name, target in targets.items():
-            start = time.perf_counter()
-            _, vertices, _ = transfer_fit(source, result.params, target)
-            seconds[name].append(time.perf_counter() - start)
-            in_source_frame = vertices[0].numpy() @ frame_rotation(source, target)  # row vectors: R^T v
-            in_input = apply_transform(result.input_from_model, in_source_frame)
-            transferred_mm[name].append(1000 * surface_distance(scan.vertices_gt, in_input, target.faces) / size)
+            transferred, report = transfer_result(result, target)
+            seconds[name].append((report.seconds, report.cpu_seconds))
+            distance = surface_distance(scan.vertices_gt, transferred.vertices_input, target.faces)
+            transferred_mm[name].append(1000 * distance / size)
     anny = np.concatenate(anny_mm)
     rows = []
     for name in targets:
-        t = np.array(seconds[name])
+        wall, cpu = np.array(seconds[name]).T
         rows.append(f"| {source_name} -> {name} (stand-in) | {len(scans)} | {percentiles(anny)} | "
-                    f"{percentiles(np.concatenate(transferred_mm[name]))} | {np.median(t):.2f} s (max {t.max():.2f}) |")  # fmt: skip
+                    f"{percentiles(np.concatenate(transferred_mm[name]))} | {np.median(cpu):.2f} s (max {cpu.max():.2f}) | "
+                    f"{np.median(wall):.2f} s |")  # fmt: skip
     return rows
 
 
@@ -91,10 +89,11 @@ def main() -> None:
         "wrist cuts), fitted with the shipped Anny network, then transferred to stand-in model files built from Anny",
         "(lvd_core.synth.standins: the official layouts, Anny's surface under the target's skeleton). Distance from",
         "every vertex of the true body to the fitted surface, mm (hands: of the model-sized hand), mean / 90th",
-        "percentile; the transfer's time per scan (median, max):",
+        "percentile; the transfer's CPU time per scan (median, max: what one free core takes) and wall time (median,",
+        "on the shared machine):",
         "",
-        "| transfer | scans | true body -> Anny fit | true body -> transferred body | transfer time |",
-        "|---|---|---|---|---|",
+        "| transfer | scans | true body -> Anny fit | true body -> transferred body | transfer CPU time | wall time |",
+        "|---|---|---|---|---|---|",
         *transfer_rows("anny", bodies, args.n),
     ]
     if args.hand_n:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch import Tensor
 from .body import BodyModel, BodyParams
 from .fit import FitOptions, FitResult, LandmarkTargets, fit_to_vertices, refine_with_pairs
 from .inputs.frame import QUARTER_TURNS
+
+if TYPE_CHECKING:
+    from .pipeline import FitResult as ScanFitResult
 
 SIDES = (("left", "L"), ("right", "R"))
 ANNY_FINGERS = {"thumb": 1, "index": 2, "middle": 3, "ring": 4, "pinky": 5}
@@ -59,10 +63,18 @@ LOOSE_WEIGHT = 0.25
 SOURCE_MODELS = {"smpl": "anny", "smplx": "anny", "mano-right": "anny-hand-right", "mano-left": "anny-hand-left"}
 
 
-def joint_map(target: BodyModel) -> dict[str, str]:
+def source_model(target: BodyModel) -> str:
+    """The Anny model whose fit `target` is transferred from ("anny", "anny-hand-right" or "anny-hand-left")."""
+    if target.name not in SOURCE_MODELS:
+        raise ValueError(f"no transfer from Anny to {target.name!r}; expected one of: {', '.join(SOURCE_MODELS)}")
+    return SOURCE_MODELS[target.name]
+
+
+def joint_map(source: BodyModel, target: BodyModel) -> dict[str, str]:
     """The target model's joints matched to Anny bones (target joint name -> Anny bone name)."""
-    if target.name not in JOINT_MAPS:
-        raise ValueError(f"no transfer from Anny to {target.name!r}; expected one of: {', '.join(JOINT_MAPS)}")
+    expected = source_model(target)
+    if source.name != expected:
+        raise ValueError(f"{target.name} is transferred from an {expected} fit, not from {source.name}: fit with {expected}")
     return JOINT_MAPS[target.name]
 
 
@@ -126,9 +138,12 @@ class TransferOptions:
     seed: int = 0
 
 
+# The joints alone leave the shape loosely held: a stronger shape prior there (a beta of 1 costs as much as the
+# joints lying ~5 mm off on a 1.7 m body) keeps betas in N(0, 1)'s range; on 4 posed Anny bodies the default prior
+# let them reach 12 and the surface stage then stalled 13-17 mm off.
 TRANSFER_JOINT_FIT = FitOptions(
     pose_iterations=3, shape_iterations=2, alternations=1, full_iterations=6, robust_iterations=0, fit_scale=False,
-    age_probes=(),
+    age_probes=(), shape_prior=1e-5,
 )  # fmt: skip
 TRANSFER_SURFACE_FIT = FitOptions(
     fit_scale=False, age_probes=(), surface_iterations=8, surface_steps_per_round=2, surface_weight=20.0,
@@ -137,13 +152,15 @@ TRANSFER_SURFACE_FIT = FitOptions(
 
 @dataclass
 class TransferReport:
-    """How the transfer went: distances between the two bodies (mm, both ways, over all vertices), the matched
-    joints' mean distance to their Anny bones (mm) and the time taken (s)."""
+    """How the transfer went: distances between the two bodies (mm, both ways, vertex to nearest vertex), the
+    matched joints' mean distance to their Anny bones (mm), the wall time and the process's CPU time (s; on a
+    shared machine the CPU time is what one free core would take)."""
 
     target_to_source_mm: float
     source_to_target_mm: float
     joint_mm: float
     seconds: float
+    cpu_seconds: float
     matched_joints: list[str]
 
 
@@ -192,8 +209,8 @@ def transfer_fit(
     the target's model frame: Anny's frame turned to the target's up axis by `frame_rotation`, same origin; the
     Anny fit's scale kept), its vertices (1, V, 3) in that frame, and a TransferReport."""
     options = options or TransferOptions()
-    start = time.perf_counter()
-    mapping = joint_map(target_body)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    mapping = joint_map(source_body, target_body)
     matched = [name for name in target_body.joint_names if name in mapping]
     weights = torch.tensor([[LOOSE_WEIGHT if name in LOOSE_JOINTS else 1.0 for name in matched]],
                            dtype=target_body.dtype, device=target_body.device)  # fmt: skip
@@ -219,10 +236,33 @@ def transfer_fit(
     params = params.with_(scale=scale, translation=scale * params.translation + shift)
     with torch.no_grad():
         out = target_body(params)
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() - start, time.process_time() - cpu_start)
     report = _report(out.vertices[0], out.joints[0], target_body, (source_vertices * scale[0] + shift[0]),
                      joint_targets[0] * scale[0] + shift[0], matched, seconds)  # fmt: skip
     return params, out.vertices, report
+
+
+def transfer_result(result: "ScanFitResult", target_body: BodyModel, options: TransferOptions | None = None):
+    """A pipeline result of an Anny fit (lvd_core.pipeline.fit_scan / fit_photo with body=source_model(target))
+    as the same fit of `target_body`: its parameters (target model frame), its mesh in the input's frame and
+    units, and `input_from_model` for the target's frame. Returns (that result, TransferReport).
+
+    residual_mm, disagreement_mm, doubtful and the lvd_* fields still describe the Anny fit the transfer started
+    from (the network's vertices are Anny's); timings gain "transfer"."""
+    from .body import load_body_model
+    from .pipeline import apply_transform
+
+    source_body = load_body_model(result.body_name, device=target_body.device, dtype=target_body.dtype)
+    params, vertices, report = transfer_fit(source_body, result.params.to(target_body.device, target_body.dtype), target_body, options)
+    source_from_target = np.eye(4)
+    source_from_target[:3, :3] = frame_rotation(source_body, target_body).T
+    input_from_model = result.input_from_model @ source_from_target
+    transferred = replace(
+        result, body_name=target_body.name, params=params.to(device="cpu"), input_from_model=input_from_model,
+        vertices_input=apply_transform(input_from_model, vertices[0].detach().cpu().double().numpy()),
+        timings={**result.timings, "transfer": report.seconds},
+    )  # fmt: skip
+    return transferred, report
 
 
 def frame_rotation(source_body: BodyModel, target_body: BodyModel) -> np.ndarray:
@@ -250,7 +290,7 @@ def _report(vertices, joints, target_body, source_vertices, joint_targets, match
     back = cKDTree(target_np).query(source_np, k=1)[0]
     ids = [target_body.joint_names.index(n) for n in matched]
     joint_mm = 1000 * float((joints[ids] - joint_targets).norm(dim=-1).mean())
-    return TransferReport(1000 * float(there.mean()), 1000 * float(back.mean()), joint_mm, seconds, matched)
+    return TransferReport(1000 * float(there.mean()), 1000 * float(back.mean()), joint_mm, *seconds, matched)
 
 
 def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, samples_per_face: int = 10) -> np.ndarray:

@@ -8,7 +8,7 @@ from lvd_core.body import load_body_model
 from lvd_core.body.smplx_model import SMPLX_JOINT_NAMES, CorrectiveLBSBody
 from lvd_core.synth import sample_pose, sample_shape
 from lvd_core.synth.standins import FILE_NAMES, LAYOUTS, standin_arrays, write_standin
-from lvd_core.transfer import JOINT_MAPS, LOOSE_JOINTS, frame_rotation, surface_distance, transfer_fit
+from lvd_core.transfer import JOINT_MAPS, LOOSE_JOINTS, frame_rotation, surface_distance, transfer_fit, transfer_result
 from synthetic_models import write_official_pickle
 
 
@@ -113,17 +113,27 @@ def test_joint_regressor_follows_the_shapes():
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, family", [("smpl", "walking"), ("smplx", "sitting")])
 def test_posed_shaped_anny_transfers_to_body_standin(kind, family, standin_files):
+    """A pipeline result of an Anny fit (scan in cm, Y-up) becomes the target's, in the same input frame."""
+    from lvd_core.inputs.frame import QUARTER_TURNS
+    from lvd_core.pipeline import FitResult, apply_transform
+
     source = load_body_model("anny")
     target = load_body_model(kind, standin_files[kind])
     params = _posed_anny(source, 3, family)
-    target_params, vertices, report = transfer_fit(source, params, target)
+    input_from_model = np.eye(4)
+    input_from_model[:3, :3] = 100 * QUARTER_TURNS[("z", "y")]
+    input_from_model[:3, 3] = [5.0, 90.0, -3.0]
     with torch.no_grad():
-        truth = source(params).vertices[0].numpy() @ frame_rotation(source, target).T
-    distance_mm = 1000 * surface_distance(truth, vertices[0].numpy(), target.faces)
+        truth = apply_transform(input_from_model, source(params).vertices[0].double().numpy())
+    anny_fit = FitResult("anny", params, input_from_model, truth, truth[:10], np.arange(10), 4.0, "cm", {"fit": 1.0})
+    result, report = transfer_result(anny_fit, target)
+    distance_mm = 10 * surface_distance(truth, result.vertices_input, target.faces)
     assert distance_mm.mean() < 10 and np.percentile(distance_mm, 90) < 25, (distance_mm.mean(), report)
-    assert report.joint_mm < 25
-    assert target_params.shape.abs().max() < 4  # within the prior's reach (betas ~ N(0, 1))
-    assert torch.allclose(target_params.scale, params.scale)
+    assert report.joint_mm < 25 and set(result.timings) == {"fit", "transfer"}
+    assert result.body_name == kind and result.params.shape.abs().max() < 4  # betas ~ N(0, 1)
+    with torch.no_grad():  # the result's own parameters and frame give its mesh
+        assert np.allclose(apply_transform(result.input_from_model, target(result.params).vertices[0].double().numpy()),
+                           result.vertices_input, atol=1e-3)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -138,3 +148,10 @@ def test_anny_hand_transfers_to_mano_standin(side, standin_files):
     distance_mm = 1000 * surface_distance(truth, vertices[0].numpy(), target.faces) / 1.3
     assert distance_mm.mean() < 5, (distance_mm.mean(), report)  # MANO has no metacarpal joints: Anny's bend its palm
     assert report.matched_joints == target.joint_names  # MANO: all 16 joints matched by name
+
+
+def test_transfer_refuses_a_fit_of_the_other_hand(standin_files):
+    target = load_body_model("mano-left", standin_files["mano-left"])
+    source = load_body_model("anny-hand-right")
+    with pytest.raises(ValueError, match="from an anny-hand-left fit"):
+        transfer_fit(source, source.zero_params(1), target)
