@@ -23,7 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_quality import hand_vertices  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR, fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
@@ -50,13 +52,15 @@ def transfer_rows(source_name: str, targets: dict, n: int) -> list[str]:
             seconds[name].append((report.seconds, report.cpu_seconds))
             distance = surface_distance(scan.vertices_gt, transferred.vertices_input, target.faces)
             transferred_mm[name].append(1000 * distance / size)
-    anny = np.concatenate(anny_mm)
+    anny, hands = np.stack(anny_mm), hand_vertices(source)
+    split = lambda e: f"{e[:, ~hands].mean():.1f} / {e[:, hands].mean():.1f}" if hands.any() else "-"  # noqa: E731
     rows = []
     for name in targets:
         wall, cpu = np.array(seconds[name]).T
-        rows.append(f"| {source_name} -> {name} (stand-in) | {len(scans)} | {percentiles(anny)} | "
-                    f"{percentiles(np.concatenate(transferred_mm[name]))} | {np.median(cpu):.2f} s (max {cpu.max():.2f}) | "
-                    f"{np.median(wall):.2f} s |")  # fmt: skip
+        moved = np.stack(transferred_mm[name])
+        rows.append(f"| {source_name} -> {name} (stand-in) | {len(scans)} | {percentiles(anny.ravel())} | "
+                    f"{percentiles(moved.ravel())} | {split(anny)} | {split(moved)} | "
+                    f"{np.median(cpu):.2f} s (max {cpu.max():.2f}) | {np.median(wall):.2f} s |")  # fmt: skip
     return rows
 
 
@@ -89,11 +93,13 @@ def main() -> None:
         "wrist cuts), fitted with the shipped Anny network, then transferred to stand-in model files built from Anny",
         "(lvd_core.synth.standins: the official layouts, Anny's surface under the target's skeleton). Distance from",
         "every vertex of the true body to the fitted surface, mm (hands: of the model-sized hand), mean / 90th",
-        "percentile; the transfer's CPU time per scan (median, max: what one free core takes) and wall time (median,",
+        "percentile, and the mean over the hands' vertices (wrist, metacarpal and finger bones: 23% of Anny's",
+        "vertices; SMPL has one joint for all five fingers) and the rest; the transfer's CPU time per scan (median, max: what one free core takes) and wall time (median,",
         "on the shared machine):",
         "",
-        "| transfer | scans | true body -> Anny fit | true body -> transferred body | transfer CPU time | wall time |",
-        "|---|---|---|---|---|---|",
+        "| transfer | scans | true body -> Anny fit | true body -> transferred body | Anny fit: rest of the body / "
+        "hands (mean) | transferred: rest of the body / hands (mean) | transfer CPU time | wall time |",
+        "|---|---|---|---|---|---|---|---|",
         *transfer_rows("anny", bodies, args.n),
     ]
     if args.hand_n:

@@ -5,7 +5,9 @@ The shipped Anny networks find the body; `transfer_fit` then fits the user's mod
    with the Anny surface as a loose anchor so the twist of each limb follows the flesh;
 2. surface to surface: nearest-point pairs both ways between the two unclothed bodies, re-paired each round,
    under the target model's own shape prior (betas ~ N(0, 1)) and pose prior.
-Both stages are lvd_core.fit's solver (`fit_to_vertices`, `refine_with_pairs`, `LandmarkTargets`).
+Both stages are lvd_core.fit's solver (`fit_to_vertices`, then `refine_with_pairs`), on the target model with its
+posed joints appended as extra points (`JointsAsVertices`): the joints are then exact model outputs, where a
+LandmarkTargets regressor of the posed vertices would be off by centimetres at bent knees and elbows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .body import BodyModel, BodyParams
-from .fit import FitOptions, FitResult, LandmarkTargets, fit_to_vertices, refine_with_pairs
+from .body.base import BodyOutput, axis_angle_to_matrix, global_rotations, matrix_to_axis_angle, posed_joints
+from .fit import FitOptions, FitResult, LandmarkTargets, kabsch, refine_with_pairs
 from .inputs.frame import QUARTER_TURNS
 
 if TYPE_CHECKING:
@@ -106,9 +109,7 @@ class JointsAsVertices(BodyModel):
     def rest_joints(self, shape: Tensor) -> Tensor:
         return self.body.rest_joints(shape)
 
-    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None):
-        from .body.base import BodyOutput, axis_angle_to_matrix, global_rotations, posed_joints
-
+    def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
         count = self.mesh_vertex_count
         if vertex_ids is None or (vertex_ids < count).any():
             mesh_ids = None if vertex_ids is None else vertex_ids[vertex_ids < count]
@@ -132,18 +133,17 @@ class JointsAsVertices(BodyModel):
 
 @dataclass
 class TransferOptions:
-    joint_fit: FitOptions = None  # stage 1 (joints only); None: TRANSFER_JOINT_FIT
-    surface_fit: FitOptions = None  # stage 2 (surface pairs, joints as the anchor); None: TRANSFER_SURFACE_FIT
+    joint_fit: FitOptions | None = None  # stage 1 (joints only); None: TRANSFER_JOINT_FIT
+    surface_fit: FitOptions | None = None  # stage 2 (surface pairs, joints as the anchor); None: TRANSFER_SURFACE_FIT
     pairs: int = 600  # target vertices and source vertices paired each round (each way)
     seed: int = 0
 
 
-# The joints alone leave the shape loosely held: a stronger shape prior there (a beta of 1 costs as much as the
+# The joints leave the shape loosely held: a stronger shape prior in that stage (a beta of 1 costs as much as the
 # joints lying ~5 mm off on a 1.7 m body) keeps betas in N(0, 1)'s range; on 4 posed Anny bodies the default prior
 # let them reach 12 and the surface stage then stalled 13-17 mm off.
 TRANSFER_JOINT_FIT = FitOptions(
-    pose_iterations=3, shape_iterations=2, alternations=1, full_iterations=6, robust_iterations=0, fit_scale=False,
-    age_probes=(), shape_prior=1e-5,
+    fit_scale=False, age_probes=(), surface_iterations=6, surface_steps_per_round=6, shape_prior=1e-5
 )  # fmt: skip
 TRANSFER_SURFACE_FIT = FitOptions(
     fit_scale=False, age_probes=(), surface_iterations=8, surface_steps_per_round=2, surface_weight=20.0,
@@ -164,38 +164,42 @@ class TransferReport:
     matched_joints: list[str]
 
 
-def _nearest(points: np.ndarray, tree) -> np.ndarray:
-    return tree.query(points, k=1)[1]
-
-
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) unit area-weighted vertex normals."""
+def _vertex_normals_and_areas(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(V, 3) unit area-weighted vertex normals and (V,) each vertex's share of the surface (a third of its faces')."""
     corners = vertices[faces]
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
+    face_areas = np.linalg.norm(face_normals, axis=1) / 2
+    normals, areas = np.zeros_like(vertices), np.zeros(len(vertices))
     for k in range(3):
         np.add.at(normals, faces[:, k], face_normals)
-    return normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
+        np.add.at(areas, faces[:, k], face_areas / 3)
+    return normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12), areas
 
 
-def two_way_pairing(source: np.ndarray, source_faces: np.ndarray, target_vertex_count: int, count: int, seed: int = 0):
-    """The pairing of fit.refine_with_pairs between a body `source` (V_s, 3) and the target model's vertices:
-    sampled target vertices with the tangent plane of their nearest source vertex (point to plane, so the coarser
-    mesh is not pulled onto the finer one's vertices), and sampled source vertices with their nearest target vertex."""
+def two_way_pairing(source: np.ndarray, source_faces: np.ndarray, target: np.ndarray, target_faces: np.ndarray,
+                    count: int, seed: int = 0):  # fmt: skip
+    """The pairing of fit.refine_with_pairs between a body `source` (V_s, 3) and the target model (its current
+    vertices `target` (V_t, 3)): sampled target vertices with the tangent plane of their nearest source vertex
+    (point to plane, so the coarser mesh is not pulled onto the finer one's vertices), and sampled source vertices
+    with their nearest target vertex. Both samples are spread by surface area, not by vertex: Anny's hands hold
+    23% of its vertices but 5% of its skin, and SMPL's single hand joint cannot follow curled fingers."""
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(seed)
-    tree, normals = cKDTree(source), _vertex_normals(source, source_faces)
-    target_sample = rng.choice(target_vertex_count, min(count, target_vertex_count), replace=False)
-    source_sample = source[rng.choice(len(source), min(count, len(source)), replace=False)]
+    tree = cKDTree(source)
+    normals, source_areas = _vertex_normals_and_areas(source, source_faces)
+    target_areas = _vertex_normals_and_areas(target, target_faces)[1]
+    target_count = len(target)
+    target_sample = rng.choice(target_count, min(count, target_count), replace=False, p=target_areas / target_areas.sum())
+    source_sample = source[rng.choice(len(source), min(count, len(source)), replace=False, p=source_areas / source_areas.sum())]
 
     def pairs(current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mesh = current[:target_vertex_count]
+        mesh = current[:target_count]
         points = mesh[target_sample]
-        nearest = _nearest(points, tree)
+        nearest = tree.query(points, k=1)[1]
         offset = ((source[nearest] - points) * normals[nearest]).sum(1, keepdims=True)
         goals = points + offset * normals[nearest]
-        return np.concatenate([target_sample, _nearest(source_sample, cKDTree(mesh))]), np.concatenate([goals, source_sample])
+        return np.concatenate([target_sample, cKDTree(mesh).query(source_sample, k=1)[1]]), np.concatenate([goals, source_sample])
 
     return pairs
 
@@ -212,8 +216,6 @@ def transfer_fit(
     start, cpu_start = time.perf_counter(), time.process_time()
     mapping = joint_map(source_body, target_body)
     matched = [name for name in target_body.joint_names if name in mapping]
-    weights = torch.tensor([[LOOSE_WEIGHT if name in LOOSE_JOINTS else 1.0 for name in matched]],
-                           dtype=target_body.dtype, device=target_body.device)  # fmt: skip
     rotation = torch.as_tensor(frame_rotation(source_body, target_body), dtype=target_body.dtype, device=target_body.device)
     # Fit in the Anny fit's own size (scale 1, no translation); its scale and translation are put back last.
     unscaled = source_params.with_(scale=torch.ones_like(source_params.scale), translation=torch.zeros_like(source_params.translation))
@@ -224,12 +226,19 @@ def transfer_fit(
     joint_targets = source_joints[[source_body.joint_names.index(mapping[name]) for name in matched]][None]
     fast = _fast_twin(target_body)
     model = JointsAsVertices(fast)
-    joint_ids = torch.tensor([fast.vertex_count + fast.joint_names.index(n) for n in matched], device=target_body.device)
-    first = fit_to_vertices(model, joint_targets, joint_ids, weights, options=options.joint_fit or TRANSFER_JOINT_FIT)
+    start_params = skeleton_init(fast, {fast.joint_names.index(n): joint_targets[0, k] for k, n in enumerate(matched)})
+    strict = [k for k, name in enumerate(matched) if name not in LOOSE_JOINTS]
+    ids = torch.tensor([fast.vertex_count + fast.joint_names.index(matched[k]) for k in strict], device=target_body.device)
+    anchors, loose = joint_targets[:, strict], _loose_joint_rows(model, matched, joint_targets)
+    no_pairs = lambda current: (np.zeros(0, dtype=np.int64), np.zeros((0, 3)))  # noqa: E731
+    first = FitResult(start_params, None, None)
+    first = refine_with_pairs(model, first, anchors, [no_pairs], ids, options.joint_fit or TRANSFER_JOINT_FIT, loose)
+    with torch.no_grad():
+        placed = model(first.params).vertices[0, : fast.vertex_count].cpu().double().numpy()
     pairing = two_way_pairing(
-        source_vertices.cpu().double().numpy(), source_body.faces, fast.vertex_count, options.pairs, options.seed
+        source_vertices.cpu().double().numpy(), source_body.faces, placed, fast.faces, options.pairs, options.seed
     )
-    second = refine_with_pairs(model, first, joint_targets, [pairing], joint_ids, options.surface_fit or TRANSFER_SURFACE_FIT)
+    second = refine_with_pairs(model, first, anchors, [pairing], ids, options.surface_fit or TRANSFER_SURFACE_FIT, loose)
     params = second.params
     scale = source_params.scale.to(params.global_orient)
     shift = (rotation @ source_params.translation.to(params.global_orient)[0])[None]
@@ -240,6 +249,59 @@ def transfer_fit(
     report = _report(out.vertices[0], out.joints[0], target_body, (source_vertices * scale[0] + shift[0]),
                      joint_targets[0] * scale[0] + shift[0], matched, seconds)  # fmt: skip
     return params, out.vertices, report
+
+
+def _loose_joint_rows(model: JointsAsVertices, matched: list[str], joint_targets: Tensor) -> LandmarkTargets | None:
+    """The loose joints (LOOSE_JOINTS) as landmark rows of weight LOOSE_WEIGHT (the others weigh 1), or None."""
+    loose = [k for k, name in enumerate(matched) if name in LOOSE_JOINTS]
+    if not loose:
+        return None
+    regressor = torch.zeros(len(loose), model.vertex_count, dtype=model.dtype, device=model.device)
+    for row, k in enumerate(loose):
+        regressor[row, model.mesh_vertex_count + model.joint_names.index(matched[k])] = 1.0
+    weights = torch.full((1, len(loose)), LOOSE_WEIGHT, dtype=model.dtype, device=model.device)
+    return LandmarkTargets(regressor, joint_targets[:, loose], weights)
+
+
+def skeleton_init(body: BodyModel, targets: dict[int, Tensor]) -> BodyParams:
+    """The pose that points the neutral skeleton's bones at the target joints, root to leaves, in closed form
+    (so bent knees and raised arms start on the right side): a joint with two or more matched children takes the
+    rotation (Kabsch) that best turns their offsets, one with a single child the shortest turn of that bone, the
+    rest keep their parent's orientation. The root's rotation comes from its matched children the same way.
+    targets: joint index -> (3,) position in the model frame (metres, unscaled)."""
+    params = body.zero_params(1)
+    rest = body.rest_joints(params.shape)[0]
+    children = [np.flatnonzero(body.parents == j) for j in range(body.joint_count)]
+    eye = torch.eye(3, dtype=body.dtype, device=body.device)
+    glob, placed = [eye] * body.joint_count, [None] * body.joint_count
+    local = torch.zeros(body.joint_count, 3, dtype=body.dtype, device=body.device)
+    for level in body.levels:
+        for j in level:
+            parent = body.parents[j]
+            base = eye if parent < 0 else glob[parent]
+            if parent < 0:
+                placed[j] = targets.get(j, rest[j])
+            else:
+                placed[j] = placed[parent] + base @ (rest[j] - rest[parent])
+            seen = [c for c in children[j] if c in targets]
+            offsets = torch.stack([base @ (rest[c] - rest[j]) for c in seen]) if seen else None
+            wanted = torch.stack([targets[c] - placed[j] for c in seen]) if seen else None
+            turn = eye
+            if seen and len(seen) >= 2 and torch.linalg.matrix_rank(offsets) >= 2:
+                turn = kabsch(offsets, wanted)
+            elif seen:
+                turn = _shortest_turn(offsets[0], wanted[0])
+            glob[j] = turn @ base
+            local[j] = matrix_to_axis_angle(base.T @ glob[j])
+    translation = (placed[0] - rest[0])[None]
+    return params.with_(global_orient=local[:1], joint_pose=local[1:][None], translation=translation)
+
+
+def _shortest_turn(a: Tensor, b: Tensor) -> Tensor:
+    """(3, 3) the smallest rotation taking direction a to direction b."""
+    a, b = a / a.norm().clamp_min(1e-12), b / b.norm().clamp_min(1e-12)
+    axis = torch.linalg.cross(a, b)
+    return axis_angle_to_matrix(axis / axis.norm().clamp_min(1e-12) * torch.atan2(axis.norm(), a @ b))
 
 
 def transfer_result(result: "ScanFitResult", target_body: BodyModel, options: TransferOptions | None = None):

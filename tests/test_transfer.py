@@ -110,7 +110,6 @@ def test_joint_regressor_follows_the_shapes():
     assert np.abs(np.einsum("jv,svc->sjc", regressor, samples) - truth).max() < 0.02
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind, family", [("smpl", "walking"), ("smplx", "sitting")])
 def test_posed_shaped_anny_transfers_to_body_standin(kind, family, standin_files):
     """A pipeline result of an Anny fit (scan in cm, Y-up) becomes the target's, in the same input frame."""
@@ -136,7 +135,6 @@ def test_posed_shaped_anny_transfers_to_body_standin(kind, family, standin_files
                            result.vertices_input, atol=1e-3)  # fmt: skip
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_anny_hand_transfers_to_mano_standin(side, standin_files):
     source = load_body_model(f"anny-hand-{side}")
@@ -155,3 +153,14 @@ def test_transfer_refuses_a_fit_of_the_other_hand(standin_files):
     source = load_body_model("anny-hand-right")
     with pytest.raises(ValueError, match="from an anny-hand-left fit"):
         transfer_fit(source, source.zero_params(1), target)
+
+
+def test_smplx_file_problems_are_one_line_messages(standin_files, tmp_path):
+    from lvd_core.body import BodyModelError
+
+    with pytest.raises(BodyModelError, match="SMPL-X is licensed .*smpl-x.is.tue.mpg.de"):
+        load_body_model("smplx")
+    with pytest.raises(BodyModelError, match="6890 vertices, an SMPL-X model has 10475; .*choose the smpl body model"):
+        load_body_model("smplx", standin_files["smpl"])
+    with pytest.raises(BodyModelError, match="SMPL-X model file not found"):
+        load_body_model("smplx", tmp_path / "SMPLX_NEUTRAL.npz")

@@ -14,10 +14,14 @@ How one is made (`standin_arrays`):
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from ..body import load_body_model
+from ..body.base import axis_angle_to_matrix, matrix_to_axis_angle
 from ..body.smpl_model import MANO_JOINT_NAMES, SMPL_JOINT_NAMES
 from ..body.smplx_model import SMPLX_JOINT_NAMES
 from ..inputs.frame import QUARTER_TURNS
@@ -77,8 +81,8 @@ def t_pose(body) -> torch.Tensor:
         shoulder, elbow, wrist = (joints[index(f"{b}.{suffix}")] for b in ("upperarm01", "lowerarm01", "wrist"))
         upper = _rotation_between(elbow - shoulder, outward)
         lower = _rotation_between(upper @ (wrist - elbow), outward)
-        pose[0, index(f"upperarm01.{suffix}") - 1] = _axis_angle(upper)
-        pose[0, index(f"lowerarm01.{suffix}") - 1] = _axis_angle(upper.T @ lower @ upper)  # local to the parent
+        pose[0, index(f"upperarm01.{suffix}") - 1] = matrix_to_axis_angle(upper)
+        pose[0, index(f"lowerarm01.{suffix}") - 1] = matrix_to_axis_angle(upper.T @ lower @ upper)  # local to the parent
     return pose
 
 
@@ -87,15 +91,7 @@ def _rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a / a.norm(), b / b.norm()
     axis = torch.linalg.cross(a, b)
     angle = torch.atan2(axis.norm(), a @ b)
-    from ..body.base import axis_angle_to_matrix
-
     return axis_angle_to_matrix(axis / axis.norm().clamp_min(1e-12) * angle)
-
-
-def _axis_angle(rotation: torch.Tensor) -> torch.Tensor:
-    from ..body.base import matrix_to_axis_angle
-
-    return matrix_to_axis_angle(rotation)
 
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +156,13 @@ def _placed_joints(kind: str, anny_joints: np.ndarray, anny_names: list[str], ta
 
 
 def standin_arrays(kind: str, seed: int = 0) -> dict:
-    """The official arrays of a stand-in `kind` ("smpl", "smplx", "mano-right", "mano-left"), float64, Y-up."""
+    """The official arrays of a stand-in `kind` ("smpl", "smplx", "mano-right", "mano-left"), float64, Y-up
+    (a new dict each call; the arrays are built once per process and shared: replace them, do not edit them)."""
+    return dict(_built_arrays(kind, seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _built_arrays(kind: str, seed: int) -> dict:
     vertex_count, target_names, parents, dir_count = LAYOUTS[kind]
     anny = load_body_model(SOURCE_MODELS[kind], dtype=torch.float64)
     shapes = np.concatenate([anny.default_shape()[None].numpy(), sample_shape(anny, np.random.default_rng(seed), SHAPE_SAMPLES)])
@@ -200,10 +202,8 @@ def standin_arrays(kind: str, seed: int = 0) -> dict:
     return arrays
 
 
-def write_standin(kind: str, folder, seed: int = 0):
+def write_standin(kind: str, folder: str | Path, seed: int = 0) -> Path:
     """Write the stand-in `kind` as an official-layout .npz (FILE_NAMES) under `folder`; returns its path."""
-    from pathlib import Path
-
     path = Path(folder) / FILE_NAMES[kind]
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **standin_arrays(kind, seed))
