@@ -1,14 +1,16 @@
 """SMPL, SMPL-X and MANO bodies from a fitted Anny body, without a network of their own.
 
 The shipped Anny networks find the body; `transfer_fit` then fits the user's model to the fitted Anny body:
-1. joints matched by name where the two skeletons agree (JOINT_MAPS, the one place the names are paired),
-   with the Anny surface as a loose anchor so the twist of each limb follows the flesh;
+1. the skeleton: the target's bones pointed at the Anny joints matched by name (JOINT_MAPS, the one place the
+   names are paired) in closed form (`skeleton_init`), then settled on those joints with the solver, the shape
+   under a firm prior;
 2. surface to surface: nearest-point pairs both ways between the two unclothed bodies, re-paired each round,
-   under the target model's own shape prior (betas ~ N(0, 1)) and pose prior.
-Both stages are lvd_core.fit's solver (`fit_to_vertices`, then `refine_with_pairs`), on the target model with its
-posed joints appended as extra points (`JointsAsVertices`): the joints are then exact model outputs, where a
-LandmarkTargets regressor of the posed vertices would be off by centimetres at bent knees and elbows.
-"""
+   under the target model's own shape prior (betas ~ N(0, 1)) and pose prior, the joints still anchoring.
+Both solver stages are lvd_core.fit.refine_with_pairs: the matched joints are its anchor (as the LVD vertices are
+in a scan fit), the joints the skeletons place differently are weaker LandmarkTargets rows, the surface pairs
+the rest. The target model carries its posed joints as extra points (`JointsAsVertices`), so the joints matched
+are the model's own kinematic joints, not a regressor's estimate from the skinned mesh.
+""""""
 
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ class JointsAsVertices(BodyModel):
 
 @dataclass
 class TransferOptions:
-    joint_fit: FitOptions | None = None  # stage 1 (joints only); None: TRANSFER_JOINT_FIT
+    joint_fit: FitOptions | None = None  # stage 1 (joints only, one round); None: TRANSFER_JOINT_FIT
     surface_fit: FitOptions | None = None  # stage 2 (surface pairs, joints as the anchor); None: TRANSFER_SURFACE_FIT
     pairs: int = 600  # target vertices and source vertices paired each round (each way)
     seed: int = 0
@@ -234,7 +236,7 @@ def transfer_fit(
     ids = torch.tensor([fast.vertex_count + fast.joint_names.index(matched[k]) for k in strict], device=target_body.device)
     anchors, loose = joint_targets[:, strict], _loose_joint_rows(model, matched, joint_targets)
     no_pairs = lambda current: (np.zeros(0, dtype=np.int64), np.zeros((0, 3)))  # noqa: E731
-    first = FitResult(start_params, None, None)
+    first = FitResult(start_params, None, None)  # refine_with_pairs starts from the parameters only
     first = refine_with_pairs(model, first, anchors, [no_pairs], ids, options.joint_fit or TRANSFER_JOINT_FIT, loose)
     with torch.no_grad():
         placed = model(first.params).vertices[0, : fast.vertex_count].cpu().double().numpy()
@@ -293,14 +295,14 @@ def skeleton_init(body: BodyModel, targets: dict[int, Tensor]) -> BodyParams:
             if seen and len(seen) >= 2 and torch.linalg.matrix_rank(offsets) >= 2:
                 turn = kabsch(offsets, wanted)
             elif seen:
-                turn = _shortest_turn(offsets[0], wanted[0])
+                turn = shortest_turn(offsets[0], wanted[0])
             glob[j] = turn @ base
             local[j] = matrix_to_axis_angle(base.T @ glob[j])
     translation = (placed[0] - rest[0])[None]
     return params.with_(global_orient=local[:1], joint_pose=local[1:][None], translation=translation)
 
 
-def _shortest_turn(a: Tensor, b: Tensor) -> Tensor:
+def shortest_turn(a: Tensor, b: Tensor) -> Tensor:
     """(3, 3) the smallest rotation taking direction a to direction b."""
     a, b = a / a.norm().clamp_min(1e-12), b / b.norm().clamp_min(1e-12)
     axis = torch.linalg.cross(a, b)

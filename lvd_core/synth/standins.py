@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ..body import load_body_model
-from ..body.base import axis_angle_to_matrix, matrix_to_axis_angle
+from ..body.base import matrix_to_axis_angle
 from ..body.smpl_model import MANO_JOINT_NAMES, SMPL_JOINT_NAMES
 from ..body.smplx_model import SMPLX_JOINT_NAMES
 from ..inputs.frame import QUARTER_TURNS
-from ..transfer import JOINT_MAPS, SIDES, SOURCE_MODELS
+from ..transfer import JOINT_MAPS, SIDES, SOURCE_MODELS, shortest_turn
 from .shapes import sample_shape
 
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
@@ -79,19 +79,11 @@ def t_pose(body) -> torch.Tensor:
     for side, suffix in SIDES:
         outward = torch.tensor([1.0 if suffix == "L" else -1.0, 0.0, 0.0], dtype=body.dtype)
         shoulder, elbow, wrist = (joints[index(f"{b}.{suffix}")] for b in ("upperarm01", "lowerarm01", "wrist"))
-        upper = _rotation_between(elbow - shoulder, outward)
-        lower = _rotation_between(upper @ (wrist - elbow), outward)
+        upper = shortest_turn(elbow - shoulder, outward)
+        lower = shortest_turn(upper @ (wrist - elbow), outward)
         pose[0, index(f"upperarm01.{suffix}") - 1] = matrix_to_axis_angle(upper)
         pose[0, index(f"lowerarm01.{suffix}") - 1] = matrix_to_axis_angle(upper.T @ lower @ upper)  # local to the parent
     return pose
-
-
-def _rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The smallest rotation (3, 3) taking direction a to direction b."""
-    a, b = a / a.norm(), b / b.norm()
-    axis = torch.linalg.cross(a, b)
-    angle = torch.atan2(axis.norm(), a @ b)
-    return axis_angle_to_matrix(axis / axis.norm().clamp_min(1e-12) * angle)
 
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
