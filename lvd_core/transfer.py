@@ -10,7 +10,7 @@ Both solver stages are lvd_core.fit.refine_with_pairs: the matched joints are it
 in a scan fit), the joints the skeletons place differently are weaker LandmarkTargets rows, the surface pairs
 the rest. The target model carries its posed joints as extra points (`JointsAsVertices`), so the joints matched
 are the model's own kinematic joints, not a regressor's estimate from the skinned mesh.
-""""""
+"""
 
 from __future__ import annotations
 
