@@ -93,9 +93,9 @@ def main() -> None:
         "wrist cuts), fitted with the shipped Anny network, then transferred to stand-in model files built from Anny",
         "(lvd_core.synth.standins: the official layouts, Anny's surface under the target's skeleton). Distance from",
         "every vertex of the true body to the fitted surface, mm (hands: of the model-sized hand), mean / 90th",
-        "percentile, and the mean over the hands' vertices (wrist, metacarpal and finger bones: 23% of Anny's",
-        "vertices; SMPL has one joint for all five fingers) and the rest; the transfer's CPU time per scan (median, max: what one free core takes) and wall time (median,",
-        "on the shared machine):",
+        "percentile; the mean over the hands' vertices (wrist, metacarpal and finger bones: 23% of Anny's vertices;",
+        "SMPL has one joint for all five fingers) and over the rest; the transfer's CPU time per scan (median, max:",
+        "what one free core takes) and its wall time (median, on the shared machine):",
         "",
         "| transfer | scans | true body -> Anny fit | true body -> transferred body | Anny fit: rest of the body / "
         "hands (mean) | transferred: rest of the body / hands (mean) | transfer CPU time | wall time |",
