@@ -1,4 +1,4 @@
-"""Body models behind one interface (`BodyModel`): Anny body and hands (shipped), SMPL and MANO (user files)."""
+"""Body models behind one interface (`BodyModel`): Anny body and hands (shipped), SMPL, SMPL-X and MANO (user files)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from .base import BodyModel, BodyModelError, BodyOutput, BodyParams
 
-BODY_MODEL_NAMES = ("anny", "anny-hand", "anny-hand-right", "anny-hand-left", "smpl", "mano", "mano-right", "mano-left")
+BODY_MODEL_NAMES = ("anny", "anny-hand", "anny-hand-right", "anny-hand-left", "smpl", "smplx", "mano", "mano-right", "mano-left")
 HAND_MODEL_NAMES = ("anny-hand", "anny-hand-right", "anny-hand-left", "mano", "mano-right", "mano-left")
 
 _cache: dict[tuple, BodyModel] = {}
@@ -19,7 +19,7 @@ def load_body_model(
 ) -> BodyModel:
     """The body model `name` on `device`/`dtype` (cached per process: they are read-only).
 
-    `path` is the user's SMPL / MANO file (required for those; ignored for Anny, which ships with LVD).
+    `path` is the user's SMPL / SMPL-X / MANO file (required for those; ignored for Anny, which ships with LVD).
     Raises BodyModelError with a one-line message for an unknown name or a missing or wrong file.
     """
     if name not in BODY_MODEL_NAMES:
@@ -38,13 +38,19 @@ def _build(name: str, path) -> BodyModel:
     from .smpl_model import SMPLFamilyBody
 
     if path is None:
-        what = "SMPL" if name == "smpl" else "MANO"
+        what, site = {"smpl": ("SMPL", "https://smpl.is.tue.mpg.de"), "smplx": ("SMPL-X", "https://smpl-x.is.tue.mpg.de")}.get(
+            name, ("MANO", "https://mano.is.tue.mpg.de")
+        )
         raise BodyModelError(
             f"the {what} body model needs its model file: {what} is licensed and not shipped with LVD; download it "
-            f"from {'https://smpl.is.tue.mpg.de' if what == 'SMPL' else 'https://mano.is.tue.mpg.de'} and give its path"
+            f"from {site} and give its path"
         )
     if name == "smpl":
         return SMPLFamilyBody(path, "smpl")
+    if name == "smplx":
+        from .smplx_model import SMPLXBody
+
+        return SMPLXBody(path)
     is_right = {"mano-right": True, "mano-left": False}.get(name)
     return SMPLFamilyBody(path, "mano", is_right=is_right)
 

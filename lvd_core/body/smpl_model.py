@@ -33,6 +33,8 @@ _KINDS = {
                  example="basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl or SMPL_NEUTRAL.npz"),
     "mano": dict(vertices=778, joints=16, names=MANO_JOINT_NAMES, site="https://mano.is.tue.mpg.de",
                  example="MANO_RIGHT.pkl or MANO_LEFT.pkl"),
+    "smplx": dict(vertices=10475, joints=55, names=None, site="https://smpl-x.is.tue.mpg.de",
+                  example="SMPLX_NEUTRAL.npz or SMPLX_NEUTRAL.pkl", label="SMPL-X"),
 }  # fmt: skip
 _REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 
@@ -42,7 +44,7 @@ def read_model_arrays(path: str | Path, kind: str) -> dict[str, object]:
     Every problem raises BodyModelError with one line naming the file, the problem and the fix."""
     spec = _KINDS[kind]
     path = Path(path).expanduser()
-    label = kind.upper()
+    label = spec.get("label", kind.upper())
     if not path.is_file():
         raise BodyModelError(
             f"{label} model file not found: {path}. {label} is licensed and not shipped with LVD: register at "
@@ -51,7 +53,7 @@ def read_model_arrays(path: str | Path, kind: str) -> dict[str, object]:
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
+                arrays = {key: npz[key] for key in npz.files if _is_plain_array(npz, key)}
         else:
             arrays = load_model_pickle(path)
     except UnsafePickleError as exc:
@@ -69,6 +71,16 @@ def read_model_arrays(path: str | Path, kind: str) -> dict[str, object]:
             f"{path} has {vertex_count} vertices, an {label} model has {spec['vertices']}" + (f"; {hint}" if hint else "")
         )
     return arrays
+
+
+def _is_plain_array(npz, key: str) -> bool:
+    """False for the pickled objects some .npz files carry (SMPL-X's joint2num, part2num): we never unpickle them
+    and need none of them."""
+    try:
+        npz[key]
+    except ValueError:
+        return False
+    return True
 
 
 def _fix_left_mano_shapedirs(arrays: dict) -> None:
