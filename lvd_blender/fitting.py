@@ -64,7 +64,7 @@ class FitOutcome:
     description: dict  # lvd_core.export.character_description
     frame_matrix: np.ndarray  # (4, 4) the model's fitted frame -> Blender world
     residual_mm: float
-    quality: str  # the result's quality_label(short=True): "12.3 mm" for scans, "IoU 0.852" for photos
+    quality: str  # the short quality label ("12.3 mm" for scans, "IoU 0.852" for photos) and the body in words
     units: str | None = None  # scans: the units the core read ("m", "cm", "mm", "unitless"); None for photos
     camera: dict | None = None  # photos: the camera that sees the body as the photo does (photo_camera)
     note: str = ""  # e.g. the CUDA -> CPU fallback
@@ -218,13 +218,21 @@ def _description(result, settings: FitSettings) -> dict:
     return core("export").character_description(body, result.params)
 
 
+def _quality(result, settings: FitSettings) -> str:
+    """The fit's short quality label and the fitted body in words (sex, age, weight, height when known)."""
+    measurements = core("measurements")
+    body = core("body").load_body_model(result.body_name, settings.model_path)
+    body_in_words = measurements.describe(measurements.fit_description(body, result.params, real_size=result.units != "unitless"))
+    return f"{result.quality_label(short=True)}; {body_in_words}" if body_in_words else result.quality_label(short=True)
+
+
 def _scan_outcome(result, settings: FitSettings) -> FitOutcome:
     """On the scan, at real size in the scene's units: the fit's frame scaled about the point where the body
     stands (the bottom centre of its box) when the scan's units are not the scene's."""
     world_from_model = result.input_from_model  # the scan was given in world coordinates
     _, units_per_metre = rigid_and_scale(world_from_model)
     frame = scaled_about(bottom_centre(result.vertices_input), 1.0 / settings.metres_per_unit / units_per_metre) @ world_from_model
-    return FitOutcome(_description(result, settings), frame, float(result.residual_mm), result.quality_label(short=True),
+    return FitOutcome(_description(result, settings), frame, float(result.residual_mm), _quality(result, settings),
                       units=result.units, doubtful=result.doubtful)  # fmt: skip
 
 
@@ -238,7 +246,7 @@ def _photo_outcome(result, inputs: dict, settings: FitSettings, image_size: tupl
     frame = frame @ translation(-bottom_centre(vertices_zup)) @ zup
     camera = photo_camera(frame @ np.linalg.inv(result.input_from_model), result.crop.transform, image_size)
     camera.update(path=inputs.get("path"), image=inputs.get("image"))
-    return FitOutcome(description, frame, float(result.residual_mm), result.quality_label(short=True), camera=camera)
+    return FitOutcome(description, frame, float(result.residual_mm), _quality(result, settings), camera=camera)
 
 
 def photo_camera(world_from_photo: np.ndarray, crop, image_size: tuple[int, int]) -> dict:

@@ -371,8 +371,11 @@ def fit_quietly(source: Path, stem: str, settings: FitSettings, debug: bool = Fa
 
 
 def fitted_outcome(source: Path, result, written, seconds: float) -> Outcome:
+    from .measurements import describe
+
+    quality = result.quality_label() + (f"\nbody: {describe(written.description)}" if written.description else "")
     return Outcome(str(source), "fitted", result.residual_mm, seconds, timings=result.timings,
-                   paths={kind: str(path) for kind, path in written.paths.items()}, quality=result.quality_label(),
+                   paths={kind: str(path) for kind, path in written.paths.items()}, quality=quality,
                    quality_cell=result.quality_label(short=True), doubtful=result.doubtful,
                    message="; ".join(written.warnings), warnings=written.warnings)  # fmt: skip
 

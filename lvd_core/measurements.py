@@ -109,3 +109,27 @@ def readable_phenotypes(body: BodyModel, params: BodyParams) -> list[dict[str, f
             "age_years": age_in_years(body, shape)
         } | readable
     return [{name: round(float(values[b]), 4) for name, values in readable.items()} for b in range(params.batch_size)]
+
+
+def fit_description(body: BodyModel, params: BodyParams, real_size: bool) -> dict[str, float]:
+    """readable_phenotypes of one fitted body (batch 1); without the sizes (metres) when the fit does not know
+    the person's real size (unitless scans, photos): they would be those of a body scaled to the model's height."""
+    readable = readable_phenotypes(body, params)[0]
+    return readable if real_size else {name: value for name, value in readable.items() if not name.endswith("_m")}
+
+
+def describe(description: dict[str, float]) -> str:
+    """One line a user checks at a glance (a man who came out as a woman, a child's proportions), e.g.
+    "male-looking (gender 0.12), 34 years, weight 0.55, 1.81 m tall"."""
+    parts = []
+    if "gender" in description:
+        gender = description["gender"]
+        look = "male-looking" if gender < 0.35 else "female-looking" if gender > 0.65 else "between male and female"
+        parts.append(f"{look} (gender {gender:.2f})")
+    if "age_years" in description:
+        parts.append(f"{description['age_years']:.0f} years")
+    if "weight" in description:
+        parts.append(f"weight {description['weight']:.2f}")
+    if "height_m" in description:
+        parts.append(f"{description['height_m']:.2f} m tall")
+    return ", ".join(parts)

@@ -25,6 +25,7 @@ import numpy as np
 from .body import BodyModel, load_body_model
 from .inputs.frame import QUARTER_TURNS
 from .inputs.scan import METRES_PER_UNIT
+from .measurements import fit_description
 from .pipeline import FitResult
 
 PARAMS_FRAME_NOTE = (
@@ -93,6 +94,7 @@ class WrittenOutputs:
 
     paths: dict[str, Path]
     warnings: list[str] = field(default_factory=list)
+    description: dict = field(default_factory=dict)  # the fitted body in words (lvd_core.measurements.fit_description)
 
 
 def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
@@ -171,7 +173,8 @@ def write_result(
                 written.warnings.append(f"no rigged .glb/.fbx: {error}")
                 for kind in RIGGED_KINDS:
                     staged.pop(kind).unlink(missing_ok=True)
-        summary = params_summary(result, body) | {"outputs": {kind: final[kind].name for kind in [*staged, "json"]}} | (record or {})
+        written.description = fit_description(body, result.params, real_size=result.units != "unitless")
+        summary = params_summary(result, body) | {"body": written.description} | {"outputs": {kind: final[kind].name for kind in [*staged, "json"]}} | (record or {})
         stage("json").write_text(json.dumps(summary, indent=1))
         commit(staged, final)
     finally:
