@@ -26,6 +26,7 @@ from .fit import FitOptions, fit_to_vertices, refine_to_surface
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
+from .landmarks.detect import Landmarks
 from .nets.compact import CompactScanLVD
 from .synth.poses import relaxed_finger_pose
 
@@ -40,7 +41,9 @@ DEFAULT_SCAN_WEIGHTS = {
 # Bodies fitted with their mirror twin's network: the scan is mirrored (x -> -x) for the network and the
 # prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
 MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
-SURFACE_POINTS = 4000  # scan points the surface refinement matches against
+SURFACE_POINTS = 4000
+# Facings LVD tries on a body scan where the person detector found no person (its facing is then unknown).
+FALLBACK_FACINGS = 4  # scan points the surface refinement matches against
 # Facings (of several) per scan that go through the full fit and the refinement, ranked by how well a quick fit
 # takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan. Measured on 96
 # held-out hands (validation samples 0-95, 8 facings each; the session-5 hand network), mean vertex error after
@@ -97,6 +100,8 @@ class FitResult:
     # and whether it is past DOUBT_SHARE of the model's size: the network misread the pose, check the fit.
     disagreement_mm: float = float("nan")
     doubtful: bool = False
+    # Whether the person detector found the person (and so their facing) on the scan; None: not looked for.
+    person_found: bool | None = None
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
@@ -222,12 +227,15 @@ class ScanPrediction:
 
 
 def predict_vertices(
-    network, scans: list[Scan], device, iterations: int, facings: int, twins: np.ndarray | None = None
-) -> tuple[list[ScanPrediction], np.ndarray]:
+    network, scans: list[Scan], device, iterations: int, facings: int, twins: np.ndarray | None = None,
+    yaws: list[float] | None = None,
+) -> tuple[list[ScanPrediction], np.ndarray]:  # fmt: skip
     """LVD on scans, every scan and facing in one batch: a ScanPrediction per scan and the vertex ids (N,).
     Each facing's vertices are the mean of the descents at its YAW_JITTER_DEG turns (hands). With the body's
     mirror twins (V,), each scan is also read mirrored (see MIRROR): N is then twice the network's vertices, the
-    second half standing for their twins."""
+    second half standing for their twins. yaws: per scan, radians about the canonical up axis that its facings
+    start from (its person's facing where known, see lvd_core.landmarks); 0 for each when None."""
+    yaws = [0.0] * len(scans) if yaws is None else yaws
     if isinstance(network, CompactScanLVD):
         angles, rotations = orientation_hypotheses(scans[0].kind, facings)
         jitters = [yaw_rotation(np.radians(d)) for d in YAW_JITTER_DEG.get(scans[0].kind, (0.0,))]
@@ -236,8 +244,9 @@ def predict_vertices(
         canonicals = [frame.to_canonical(scan.points.astype(np.float64)) for frame, scan in zip(frames, scans)]
         # Mirrored last, in the network's frame, where x is left-right whatever the facing hypothesis.
         turns = [r @ j @ m for m in readings for r in rotations for j in jitters]
+        turns_of = [[yaw_rotation(yaw) @ t for t in turns] for yaw in yaws]
         preset = compact_grid(network.resolution, network.box_half_size)
-        grids = np.stack([preset.grid(c @ t) for c in canonicals for t in turns])  # the scan turned by t^-1
+        grids = np.stack([preset.grid(c @ t) for c, scan_turns in zip(canonicals, turns_of) for t in scan_turns])  # the scan turned by t^-1
         network_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
         vertex_ids = network_ids if twins is None else np.concatenate([network_ids, twins[network_ids]])
         start = network.template[None].expand(len(grids), -1, -1)
@@ -246,6 +255,7 @@ def predict_vertices(
         preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
         grids = np.stack([preset.grid(f.to_canonical(s.points.astype(np.float64)), workers=-1) for f, s in zip(frames, scans)])
         angles, rotations, jitters, readings, turns = np.zeros(1), [np.eye(3)], [np.eye(3)], [np.eye(3)], [np.eye(3)]
+        turns_of, yaws = [turns] * len(scans), [0.0] * len(scans)
         vertex_ids = np.arange(network.vertex_count)
         start = torch.zeros(len(grids), 1, 3)
     with torch.no_grad():
@@ -253,11 +263,11 @@ def predict_vertices(
         result = descend(network, features, start.to(device), iterations=iterations)
     predicted = result.vertices.double().cpu().numpy().reshape(len(scans), len(turns), -1, 3)
     predictions = []
-    for frame, per_turn in zip(frames, predicted):
-        unrotated = np.stack([p @ t.T for p, t in zip(per_turn, turns)])  # (readings * facings * jitters, n, 3)
+    for frame, per_turn, scan_turns, yaw in zip(frames, predicted, turns_of, yaws):
+        unrotated = np.stack([p @ t.T for p, t in zip(per_turn, scan_turns)])  # (readings * facings * jitters, n, 3)
         per_facing = unrotated.reshape(len(readings), len(rotations), len(jitters), -1, 3).mean(2)
         per_facing = np.concatenate(list(per_facing), axis=1)  # (facings, readings * n, 3)
-        predictions.append(ScanPrediction(frame.to_input(per_facing), frame, np.degrees(angles)))
+        predictions.append(ScanPrediction(frame.to_input(per_facing), frame, np.degrees(angles + yaw)))
     return predictions, vertex_ids
 
 
@@ -288,6 +298,7 @@ def fit_scans(
     iterations: int | None = None,
     facings: int | None = None,
     refine: bool = True,
+    landmarks: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
 ) -> list[FitResult | Exception]:
@@ -297,11 +308,12 @@ def fit_scans(
     it unfittable: one bad scan does not stop the others. Problems of the options (body model, checkpoint)
     raise. Timings are those of the whole batch.
 
-    facings: how many facings (about the up axis, evenly spaced) LVD tries; 1 (bodies' default) assumes the usual
-    convention (the person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view); 4 finds
-    any facing, at about 4x the LVD and quick-fit cost. Hands have no usual orientation: 4 by default, each also
-    upside down. progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
-    FitCancelled.
+    facings: how many facings (about the up axis, evenly spaced) LVD tries. Bodies: with `landmarks`, a person
+    detector on rendered views finds the person's facing (lvd_core.landmarks) and the facings start from it (1 by
+    default); where it finds no person, FALLBACK_FACINGS by default, starting from the usual convention (the
+    person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view). Hands have no usual
+    orientation: 4 by default, each also upside down. progress(fraction, message) is called between stages;
+    setting `cancel` stops at the next stage with FitCancelled.
     """
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)
@@ -325,25 +337,35 @@ def fit_scans(
     lap("network")
     if not scans:
         return results
+    order = list(scans)
+    people = {}
+    if landmarks and kind == "body" and isinstance(network, CompactScanLVD):
+        report_progress(progress, 0.1, "finding the person (landmarks)", cancel)
+        people = {i: find_person(scans[i]) for i in order}
+        lap("landmarks")
     report_progress(progress, 0.15, "predicting vertices (LVD)", cancel)
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
-    order = list(scans)
-    seen = [_mirror_x(scans[i]) if mirrored else scans[i] for i in order]
     twins = model.mirror_twins() if isinstance(network, CompactScanLVD) else None
-    predictions, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, facings or (4 if kind == "hand" else 1), twins)
+    plan = {i: facing_plan(kind, facings, people.get(i)) for i in order}
+    predictions = {}
+    for count in sorted({c for _, c in plan.values()}):  # one batch per number of facings
+        group = [i for i in order if plan[i][1] == count]
+        seen = [_mirror_x(scans[i]) if mirrored else scans[i] for i in group]
+        found, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, count, twins, [plan[i][0] for i in group])
+        predictions.update(zip(group, found))
     if mirrored:  # back to the scan's side; the fit uses the unmirrored scan's canonical frame
-        for i, prediction in zip(order, predictions):
+        for i, prediction in predictions.items():
             prediction.predicted = prediction.predicted @ MIRROR
             prediction.canonical = scan_frame(scans[i])
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
     ids = torch.as_tensor(vertex_ids, device=torch_device)
-    placed = {i: _ScanInModel(model, scans[i], prediction, vertex_ids) for i, prediction in zip(order, predictions)}
+    placed = {i: _ScanInModel(model, scans[i], predictions[i], vertex_ids, people.get(i)) for i in order}
     candidates = {}
-    for fit_scale in (False, True):  # the fit's options hold fit_scale: one batch for each kind of scan
-        group = [i for i in order if placed[i].fit_scale == fit_scale]
-        if group:
-            candidates.update(zip(group, _fit_group(model, [placed[i] for i in group], ids)))
+    # The fit's options hold fit_scale, and a batch's scans share their number of facings: one batch for each.
+    for key in dict.fromkeys((placed[i].fit_scale, len(placed[i].targets)) for i in order):
+        group = [i for i in order if (placed[i].fit_scale, len(placed[i].targets)) == key]
+        candidates.update(zip(group, _fit_group(model, [placed[i] for i in group], ids)))
     lap("fit")
     if refine:
         report_progress(progress, 0.75, "refining against the scan surface", cancel)
@@ -361,12 +383,29 @@ def fit_scans(
     return results
 
 
+def find_person(scan: Scan) -> Landmarks:
+    """The person's 3D landmarks and facing on a body scan (lvd_core.landmarks), in its canonical frame."""
+    from .landmarks.detect import find_landmarks
+
+    return find_landmarks(scan_frame(scan).to_canonical(scan.points.astype(np.float64)))
+
+
+def facing_plan(kind: str, facings: int | None, person: Landmarks | None) -> tuple[float, int]:
+    """The yaw (radians) a scan's facings start from and how many LVD tries (see fit_scans)."""
+    if person is not None and person.found:
+        return person.facing_yaw, facings or 1
+    if person is not None:  # a body scan where no person was found: its facing is unknown
+        return 0.0, facings or FALLBACK_FACINGS
+    return 0.0, facings or (4 if kind == "hand" else 1)
+
+
 class _ScanInModel:
     """One scan in the model frame (metres, the model's up axis) on its way through fit_scans: its LVD targets
-    per facing, the facing chosen, and the fit's options."""
+    per facing, the facing chosen, the person's landmarks (when looked for) and the fit's options."""
 
-    def __init__(self, model: BodyModel, scan: Scan, prediction: ScanPrediction, vertex_ids: np.ndarray):
-        self.scan, self.prediction, self.vertex_ids = scan, prediction, vertex_ids
+    def __init__(self, model: BodyModel, scan: Scan, prediction: ScanPrediction, vertex_ids: np.ndarray,
+                 person: Landmarks | None = None):  # fmt: skip
+        self.scan, self.prediction, self.vertex_ids, self.person = scan, prediction, vertex_ids, person
         self.to_model, self.fit_scale = model_frame(scan, model, prediction.canonical)
         self.targets = np.stack([apply_transform(self.to_model, p) for p in prediction.predicted])  # (F, N, 3)
         self.points = apply_transform(self.to_model, scan.points.astype(np.float64))
@@ -409,7 +448,8 @@ class _ScanInModel:
             residual_mm=1000 * self.residual,
             units=self.scan.units,
             timings=timings,
-            facing_deg=float(self.prediction.angles_deg[self.best]),
+            facing_deg=float(self.prediction.angles_deg[self.best]) % 360,
+            person_found=None if self.person is None else self.person.found,
             batch_size=batch_size,
             disagreement_mm=disagreement_mm,
             doubtful=disagreement_mm > doubt_mm,
