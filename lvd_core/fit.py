@@ -58,6 +58,26 @@ class FitOptions:
 
 
 @dataclass
+class LandmarkTargets:
+    """Points that are fixed linear maps of the posed body's vertices (e.g. detected landmarks through a
+    regressor), matched next to the LVD vertices: each adds the rows sqrt(w) (regressor @ vertices - target),
+    normalised with the vertex rows' weights and under the same robust reweighting.
+
+    regressor: (L, V) dense or sparse, from the posed, scaled and translated vertices to L points.
+    targets:   (B, L, 3) metres, model frame (anything where the weight is 0).
+    weights:   (B, L) >= 0 on the vertex weights' scale (1 counts as much as one LVD vertex); 0: not seen.
+    """
+
+    regressor: Tensor
+    targets: Tensor
+    weights: Tensor
+
+    def item(self, b: int) -> "LandmarkTargets":
+        """Batch item b (keeping a batch dimension of 1)."""
+        return LandmarkTargets(self.regressor, self.targets[b : b + 1], self.weights[b : b + 1])
+
+
+@dataclass
 class FitResult:
     params: BodyParams
     vertices: Tensor  # (B, V, 3) the fitted body, all vertices
@@ -263,9 +283,67 @@ class _Free:
                 offset += width
 
 
+class _Goals:
+    """Everything a fit matches, as rows: the body's vertices `vertex_ids` (N) against their targets, then the
+    landmark points (L) against theirs. `ids` (K,) are the body vertices the rows need (the N, then the
+    landmark regressor's support); `points` maps those posed vertices (B, K, 3) to the rows' points (B, N + L, 3)."""
+
+    def __init__(self, body: BodyModel, targets: Tensor, vertex_ids: Tensor, weights: Tensor, landmarks: LandmarkTargets | None = None):
+        self.vertex_count = len(vertex_ids)
+        self.ids, self.mix, self.targets, self.weights = vertex_ids, None, targets, weights
+        if landmarks is None:
+            return
+        kw = dict(device=body.device, dtype=body.dtype)
+        regressor = landmarks.regressor.to_dense() if landmarks.regressor.is_sparse else landmarks.regressor
+        regressor = regressor.to(**kw)
+        found = landmarks.targets.to(**kw)
+        seen = landmarks.weights.to(**kw)
+        expected = (targets.shape[0], regressor.shape[0])
+        if regressor.dim() != 2 or regressor.shape[1] != body.vertex_count:
+            raise ValueError(f"landmark regressor has shape {tuple(regressor.shape)}; expected (L, {body.vertex_count}), one column per body vertex")
+        if tuple(found.shape) != (*expected, 3) or tuple(seen.shape) != expected:
+            raise ValueError(
+                f"landmark targets {tuple(found.shape)} and weights {tuple(seen.shape)} do not match the batch and the "
+                f"regressor: expected {(*expected, 3)} and {expected}"
+            )
+        if (seen < 0).any():
+            raise ValueError("landmark weights must be >= 0 (0 for a landmark not seen)")
+        support = regressor.abs().sum(0).nonzero()[:, 0]
+        self.ids = torch.cat([vertex_ids.to(body.device), support])
+        self.mix = regressor[:, support]  # (L, K - N)
+        # Unseen landmarks weigh nothing; their targets are zeroed so a NaN placeholder cannot leak in.
+        self.targets = torch.cat([targets, torch.where(seen[..., None] > 0, found, torch.zeros_like(found))], dim=1)
+        self.weights = torch.cat([weights, seen], dim=1)
+
+    @property
+    def vertex_targets(self) -> Tensor:
+        """(B, N, 3) the targets of the vertex rows."""
+        return self.targets[:, : self.vertex_count]
+
+    def points(self, vertices: Tensor) -> Tensor:
+        """Posed vertices `ids` (B, K, 3) (or their derivatives (B, K, 3, P)) -> the rows' points (B, N + L, ...)."""
+        if self.mix is None:
+            return vertices
+        n = self.vertex_count
+        landmarks = torch.einsum("lk,bk...->bl...", self.mix, vertices[:, n:])
+        return torch.cat([vertices[:, :n], landmarks], dim=1)
+
+    def repeat(self, m: int) -> "_Goals":
+        """The same rows for m copies of the batch (copy k of item b at batch row k * B + b)."""
+        copy = object.__new__(_Goals)
+        copy.__dict__.update(self.__dict__)
+        copy.targets, copy.weights = self.targets.repeat(m, 1, 1), self.weights.repeat(m, 1)
+        return copy
+
+    def squared_error(self, body: BodyModel, params: BodyParams) -> Tensor:
+        """(B,) the weighted mean squared distance of the rows' points to their targets."""
+        squared = (self.points(body(params, vertex_ids=self.ids).vertices) - self.targets).square().sum(-1)
+        return (self.weights * squared).sum(1) / self.weights.sum(1)
+
+
 def levenberg_marquardt(
-    body: BodyModel, free: _Free, stage: str, targets: Tensor, vertex_ids: Tensor, weights: Tensor,
-    options: FitOptions, iterations: int, robust_scale: Tensor | None = None, step: float = 1e-3,
+    body: BodyModel, free: _Free, stage: str, goals: _Goals, options: FitOptions, iterations: int,
+    robust_scale: Tensor | None = None, step: float = 1e-3,
 ) -> None:  # fmt: skip
     """Levenberg-Marquardt on a stage's unknowns with a forward-difference Jacobian (one batched forward pass
     per chunk of unknowns), robust through iteratively reweighted least squares (Geman-McClure weights).
@@ -275,15 +353,16 @@ def levenberg_marquardt(
     curvature model breaks and it stalls millimetres away; LM re-linearises every step and converges.
     robust_scale (B,) metres per item, or None for least squares. Every item is solved on its own (its own
     size, priors and damping): a batch gives each item the result it would get alone."""
+    targets, weights = goals.targets, goals.weights
     batch = targets.shape[0]
-    size = body_size(targets)[:, None]  # (B, 1)
+    size = body_size(goals.vertex_targets)[:, None]  # (B, 1)
     prior, pose_prior = (options.shape_prior**0.5) * size, (options.pose_prior**0.5) * size
 
     def residuals(x: Tensor, sqrt_w: Tensor) -> Tensor:
         """x (m*B, P) -> stacked weighted residuals (m*B, 3N + S)."""
         m = x.shape[0] // batch
         params = free.candidates(x, stage)
-        diff = body(params, vertex_ids=vertex_ids).vertices - targets.repeat(m, 1, 1)
+        diff = goals.points(body(params, vertex_ids=goals.ids).vertices) - targets.repeat(m, 1, 1)
         shape_term = prior.repeat(m, 1) * (params.shape - body.default_shape())
         pose_term = pose_prior.repeat(m, 1) * params.joint_pose.flatten(1)
         return torch.cat([(diff * sqrt_w.repeat(m, 1)[..., None]).flatten(1), shape_term, pose_term], dim=1)
@@ -292,7 +371,7 @@ def levenberg_marquardt(
         """sqrt of per-target weights: the given confidences, times Geman-McClure's when robust; normalised."""
         w = weights / weights.sum(1, keepdim=True)
         if robust_scale is not None:
-            squared = (body(free.candidates(x, stage), vertex_ids=vertex_ids).vertices - targets).square().sum(-1)
+            squared = (goals.points(body(free.candidates(x, stage), vertex_ids=goals.ids).vertices) - targets).square().sum(-1)
             w = w * (robust_scale[:, None] ** 2 / (squared + robust_scale[:, None] ** 2)) ** 2
         return w.sqrt()
 
@@ -306,7 +385,7 @@ def levenberg_marquardt(
             sqrt_w = irls_weights(x)
             r = residuals(x, sqrt_w)
             jac = torch.empty(batch, r.shape[1], unknowns, dtype=x.dtype, device=x.device)
-            for chunk in torch.arange(unknowns, device=x.device).split(max(1, 4096 // (batch * len(vertex_ids) // 64 + 1))):
+            for chunk in torch.arange(unknowns, device=x.device).split(max(1, 4096 // (batch * len(goals.ids) // 64 + 1))):
                 probes = x.repeat(len(chunk), 1)
                 probes[torch.arange(len(chunk) * batch), columns[chunk].repeat_interleave(batch)] += step
                 jac[:, :, chunk] = ((residuals(probes, sqrt_w) - r.repeat(len(chunk), 1)) / step).reshape(
@@ -341,14 +420,12 @@ def robust_scale(targets: Tensor, options: FitOptions) -> Tensor:
     return options.robust_scale * body_size(targets)
 
 
-def escape_shape_minima(
-    body: BodyModel, free: _Free, targets: Tensor, vertex_ids: Tensor, weights: Tensor, options: FitOptions
-) -> None:
+def escape_shape_minima(body: BodyModel, free: _Free, goals: _Goals, options: FitOptions) -> None:
     """Anny's phenotypes blend anchor shapes piecewise-linearly (age anchors at 1/3 and 2/3), and the pose
     adapts to whatever age the fit settles at: Levenberg-Marquardt then stays a few mm from the answer when it
     lies past a kink. Restart from probe ages (everything else as fitted; a short full stage from each, all in
     one batch) and keep, per input, the best when it beats the current fit."""
-    batch = targets.shape[0]
+    batch = goals.targets.shape[0]
     current = free.params().detach()
     probes = torch.tensor(options.age_probes, dtype=body.dtype, device=body.device)
     count = len(probes)
@@ -360,12 +437,11 @@ def escape_shape_minima(
         BodyParams(many(current.global_orient), many(current.joint_pose), shapes, many(current.translation), many(current.scale)),
         options.fit_scale,
     )
-    targets_k, weights_k = many(targets), many(weights)
-    levenberg_marquardt(body, trial, "full", targets_k, vertex_ids, weights_k, options, options.probe_iterations)
+    goals_k = goals.repeat(count)
+    levenberg_marquardt(body, trial, "full", goals_k, options, options.probe_iterations)
     with torch.no_grad():
-        error = lambda p, t: (body(p, vertex_ids=vertex_ids).vertices - t).square().sum(-1).mean(1)  # noqa: E731
-        trial_error = error(trial.params(), targets_k).reshape(count, batch)
-        improved = trial_error.min(0).values < error(current, targets)
+        trial_error = goals_k.squared_error(body, trial.params()).reshape(count, batch)
+        improved = trial_error.min(0).values < goals.squared_error(body, current)
         rows = trial_error.argmin(0) * batch + torch.arange(batch, device=body.device)
         for name in _Free.NAMES:
             chosen = getattr(trial, name).detach()[rows]
@@ -379,9 +455,10 @@ def fit_to_vertices(
     vertex_ids: Tensor | None = None,
     weights: Tensor | None = None,
     options: FitOptions | None = None,
+    landmarks: LandmarkTargets | None = None,
 ) -> FitResult:
     """Body parameters whose vertices `vertex_ids` (all when None) best match `targets` (B, N, 3), metres.
-    weights (B, N) optional per-target confidences."""
+    weights (B, N) optional per-target confidences; landmarks: more points to match (see LandmarkTargets)."""
     options = options or FitOptions()
     targets = targets.to(device=body.device, dtype=body.dtype)
     if vertex_ids is None:
@@ -393,11 +470,12 @@ def fit_to_vertices(
         params = part_rotation_init(body, params, targets, vertex_ids)
         params = hold_frozen_joints(body, params, options)
     free = _Free(body, params, options.fit_scale)
+    goals = _Goals(body, targets, vertex_ids, weights, landmarks)
     # The pose first (the shape near neutral explains most of a body), then shape and pose alternately,
     # then everything; least squares first (every part pulls, however far), robust last (wild LVD vertices
     # stop pulling once the body is in place).
     run = lambda stage, iterations, scale=None: levenberg_marquardt(  # noqa: E731
-        body, free, stage, targets, vertex_ids, weights, options, iterations, scale
+        body, free, stage, goals, options, iterations, scale
     )
     run("pose", options.pose_iterations)
     for _ in range(options.alternations):
@@ -408,7 +486,7 @@ def fit_to_vertices(
     scale = robust_scale(targets, options)
     run("full", options.full_iterations, 10 * scale)
     if "age" in body.shape_names and options.age_probes:
-        escape_shape_minima(body, free, targets, vertex_ids, weights, options)
+        escape_shape_minima(body, free, goals, options)
         run("full", options.full_iterations // 2, 10 * scale)
     run("full", options.robust_iterations, scale)
     params = free.params().detach()
@@ -439,6 +517,7 @@ def refine_with_pairs(
     pairing: list,
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
+    landmarks: LandmarkTargets | None = None,
 ) -> FitResult:
     """ICP-style rounds: each round, `pairing[b](current vertices (V, 3) numpy)` returns body vertex ids (K,)
     and their goals (K, 3) (metres, model frame) for batch item b; Levenberg-Marquardt then solves with the
@@ -459,9 +538,9 @@ def refine_with_pairs(
             goals = torch.cat([targets[b], torch.as_tensor(pair_goals, dtype=body.dtype, device=body.device)])[None]
             pair_weight = options.surface_weight * len(vertex_ids) / max(len(pair_ids), 1)
             weights = torch.cat([torch.ones(len(vertex_ids)), torch.full((len(pair_ids),), pair_weight)])[None]
+            rows = _Goals(body, goals, ids, weights.to(body.device, body.dtype), None if landmarks is None else landmarks.item(b))
             levenberg_marquardt(
-                body, free, "full", goals, ids, weights.to(body.device, body.dtype), options,
-                options.surface_steps_per_round, robust_scale(targets[b : b + 1], options),
+                body, free, "full", rows, options, options.surface_steps_per_round, robust_scale(targets[b : b + 1], options)
             )  # fmt: skip
         refined.append(free.params().detach())
     params = BodyParams.concatenate(refined)
@@ -492,11 +571,12 @@ def refine_to_surface(
     scan_points: list[Tensor],
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
+    landmarks: LandmarkTargets | None = None,
 ) -> FitResult:
     """Pull the fitted body onto the scan (`refine_with_pairs` with `surface_pairing`). scan_points: per batch
     item (M_b, 3), metres."""
     pairing = [surface_pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
-    return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options)
+    return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options, landmarks)
 
 
 # ---------------------------------------------------------------------------------------------------------

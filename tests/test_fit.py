@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lvd_core.body import load_body_model
-from lvd_core.fit import FitOptions, fit_to_vertices, paper_fit, refine_to_surface, weighted_umeyama
+from lvd_core.fit import FitOptions, LandmarkTargets, fit_to_vertices, paper_fit, refine_to_surface, weighted_umeyama
 from synthetic_models import make_model_arrays, write_official_pickle
 
 
@@ -119,3 +119,48 @@ def test_batch_items_are_solved_independently():
     alone = fit_to_vertices(body, truth[1:, ids], ids)
     assert (both.vertices[1] - alone.vertices[0]).abs().max() < 1e-9
     assert (both.item(1).vertices - alone.vertices).abs().max() < 1e-9
+
+
+def _part_landmarks(body, joints: list[int], vertices: torch.Tensor, weight: float) -> LandmarkTargets:
+    """One landmark per joint: the mean of the vertices it dominates, with its targets on `vertices` (B, V, 3)."""
+    owner = body.skinning_weights.argmax(1)
+    regressor = torch.stack([(owner == j).float() / (owner == j).sum() for j in joints])
+    targets = torch.einsum("lv,bvc->blc", regressor, vertices)
+    return LandmarkTargets(regressor.to_sparse(), targets, torch.full(targets.shape[:2], weight))
+
+
+def test_exact_landmarks_keep_an_exact_fit_exact(model_files):
+    body = load_body_model("mano", model_files["mano"])
+    _, truth = _known_bodies(body, batch=2)
+    ids = torch.arange(0, body.vertex_count, 5)
+    landmarks = _part_landmarks(body, list(range(body.joint_count)), truth, weight=20.0)
+    landmarks.weights[0, :3] = 0  # unseen ones, with targets that must not count
+    landmarks.targets[0, :3] = float("nan")
+    fit = fit_to_vertices(body, truth[:, ids], ids, landmarks=landmarks)
+    assert max(_mean_error_mm(fit.vertices, truth)) < 1.0
+
+
+def test_landmarks_pull_a_misplaced_finger_back(model_files):
+    body = load_body_model("mano", model_files["mano"])
+    params, truth = _known_bodies(body, batch=1)
+    bent = params.detach()
+    bent.joint_pose = bent.joint_pose.clone()
+    bent.joint_pose[0, 0] += torch.tensor([0.0, 0.0, 0.8])  # the index finger's base joint (joint 1)
+    with torch.no_grad():
+        misplaced = body(bent).vertices
+    finger = torch.isin(body.skinning_weights.argmax(1), torch.tensor([1, 2, 3]))
+    targets = torch.where(finger[None, :, None], misplaced, truth)
+    landmarks = _part_landmarks(body, [1, 2, 3], truth, weight=100.0)
+    plain = fit_to_vertices(body, targets)
+    guided = fit_to_vertices(body, targets, landmarks=landmarks)
+    finger_error = lambda fit: (fit.vertices[0, finger] - truth[0, finger]).norm(dim=-1).mean().item()  # noqa: E731
+    assert finger_error(plain) > 0.01
+    assert finger_error(guided) < 0.2 * finger_error(plain)
+
+
+def test_landmarks_of_the_wrong_shape_are_refused(model_files):
+    body = load_body_model("mano", model_files["mano"])
+    _, truth = _known_bodies(body, batch=1)
+    bad = LandmarkTargets(torch.zeros(3, body.vertex_count - 1), torch.zeros(1, 3, 3), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="one column per body vertex"):
+        fit_to_vertices(body, truth, landmarks=bad)
