@@ -131,19 +131,26 @@ def resolve_sides(observations: np.ndarray, yaws: np.ndarray) -> np.ndarray:
 
 def triangulate(observations: np.ndarray, yaws: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
     """observations (K, 33, 3) with consistent sides -> points (33, 3) and confidence (33,). Views missing a
-    landmark by more than MAX_MISS * height are dropped for it (twice over); confidence is the kept views' mean
-    visibility times the share of views that kept it, 0 when the kept views cannot fix the point."""
+    landmark (horizontally or in height) by more than MAX_MISS * height are dropped for it, the worst first;
+    confidence is the kept views' summed visibility over the views with a person, 0 when the kept views cannot
+    fix the point."""
     seen = np.flatnonzero(np.isfinite(observations[:, 0, 0]))
     rights = np.stack([view_right(y)[:2] for y in yaws[seen]])
     horizontal, heights, visibility = np.moveaxis(observations[seen], 2, 0)  # each (K, 33)
     weights = np.where(visibility >= MIN_VISIBILITY, visibility, 0.0)
-    for _ in range(2):
+    mean_height = lambda w: (w * heights).sum(0) / np.maximum(w.sum(0), 1e-9)  # noqa: E731
+    for _ in range(len(seen) - 2):  # drop each landmark's worst view while it misses: one wrong view skews all
         points, smallest = _solve(rights, horizontal, weights)
-        misses = np.abs(horizontal - rights @ points.T)  # (K, 33)
-        weights = np.where(misses > MAX_MISS * height, 0.0, weights)
+        misses = np.maximum(np.abs(horizontal - rights @ points.T), np.abs(heights - mean_height(weights)))  # (K, 33)
+        misses = np.where(weights > 0, misses, 0.0)
+        worst = misses.argmax(0)
+        wrong = misses[worst, np.arange(len(NAMES))] > MAX_MISS * height
+        if not wrong.any():
+            break
+        weights[worst[wrong], np.flatnonzero(wrong)] = 0.0
     points, smallest = _solve(rights, horizontal, weights)
     kept = weights > 0
-    z = (weights * heights).sum(0) / np.maximum(weights.sum(0), 1e-9)
+    z = mean_height(weights)
     fixed = smallest > 0.1 * weights.sum(0) / 2  # the kept views span enough directions
     confidence = np.where(fixed, weights.sum(0) / len(seen), 0.0)
     result = np.concatenate([points, z[:, None]], axis=1)

@@ -13,11 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, minimum_filter
+from scipy.ndimage import (
+    binary_dilation,
+    binary_erosion,
+    distance_transform_edt,
+    gaussian_filter,
+    minimum_filter,
+    zoom,
+)
 
 BACKGROUND = 0.15  # grey level behind the person (dark: MediaPipe finds grey figures on it in every view)
 AMBIENT = 0.25
 MARGIN = 0.06
+GRID_PER_SQRT_POINT = 2.0
+MIN_GRID = 128
+FILL_STEPS = 4  # gaps up to twice this many pixels wide are filled
 SEE_THROUGH = 0.02  # depth step (share of the image) beyond which a gap's pixel shows a surface behind  # empty border around the person, share of the image
 
 
@@ -54,39 +64,51 @@ class View:
 
 def render_views(points: np.ndarray, yaws, size: int = 512) -> list[View]:
     """Views (size x size) of points (N, 3) (Z up) from each yaw (radians), all at one scale that fits the
-    points' largest horizontal radius and height."""
+    points' largest horizontal radius and height. Sparse points are rendered on a coarser grid (see
+    grid_size) and scaled up, so the surface shows no gaps."""
     points = np.asarray(points, dtype=np.float64)
     low, high = points.min(0), points.max(0)
     centre_xy = (low[:2] + high[:2]) / 2
     radius = np.linalg.norm(points[:, :2] - centre_xy, axis=1).max()
-    span = max(2 * radius, high[2] - low[2])
-    pixel_size = span / (size * (1 - 2 * MARGIN))
-    return [_render(points, yaw, centre_xy, (low[2] + high[2]) / 2, pixel_size, size) for yaw in yaws]
+    span = max(2 * radius, high[2] - low[2]) / (1 - 2 * MARGIN)
+    grid = grid_size(len(points), size)
+    return [_render(points, yaw, centre_xy, (low[2] + high[2]) / 2, span, grid, size) for yaw in yaws]
 
 
-def _render(points: np.ndarray, yaw: float, centre_xy: np.ndarray, centre_z: float, pixel_size: float, size: int) -> View:
+def grid_size(count: int, size: int) -> int:
+    """Pixels across the render of `count` points: about two points on each pixel a person covers (a person
+    covers ~0.3 of the image's pixels from the front, half of their points face the view), at most `size`."""
+    return int(np.clip(GRID_PER_SQRT_POINT * np.sqrt(count), MIN_GRID, size))
+
+
+def _render(points: np.ndarray, yaw: float, centre_xy: np.ndarray, centre_z: float, span: float, grid: int, size: int) -> View:
     right, direction = view_right(yaw), view_direction(yaw)
     centre = np.array([centre_xy @ right[:2], centre_z])
-    view = View(np.empty((size, size), np.uint8), yaw, centre, pixel_size)
-    columns, rows = view.to_pixels(points @ right, points[:, 2])
-    depth = points @ direction
-    inside = (columns >= 0) & (columns < size) & (rows >= 0) & (rows < size)
-    pixel = rows[inside].astype(np.int64) * size + columns[inside].astype(np.int64)
-    zbuffer = np.full(size * size, np.inf)
-    np.minimum.at(zbuffer, pixel, depth[inside] / pixel_size)  # depth in pixels, for the gradients below
-    zbuffer = zbuffer.reshape(size, size)
-    # A pixel the near surface's splats missed shows a farther surface through the gap: drop such pixels (deeper
+    coarse = View(np.empty((grid, grid), np.uint8), yaw, centre, span / grid)
+    columns, rows = coarse.to_pixels(points @ right, points[:, 2])
+    depth = points @ direction / coarse.pixel_size  # in pixels, for the gradients below
+    inside = (columns >= 0) & (columns < grid) & (rows >= 0) & (rows < grid)
+    pixel = rows[inside].astype(np.int64) * grid + columns[inside].astype(np.int64)
+    zbuffer = np.full(grid * grid, np.inf)
+    np.minimum.at(zbuffer, pixel, depth[inside])
+    zbuffer = zbuffer.reshape(grid, grid)
+    # A pixel the near surface's points missed shows a farther surface through the gap: drop such pixels (deeper
     # than their neighbourhood's nearest point by a few centimetres), then fill every gap from its neighbours.
-    nearest = minimum_filter(zbuffer, size=5)
-    zbuffer[zbuffer > nearest + SEE_THROUGH * size] = np.inf
-    for _ in range(2):
-        zbuffer = np.where(np.isinf(zbuffer), minimum_filter(zbuffer, size=3), zbuffer)
-    covered = np.isfinite(zbuffer)
-    filled = gaussian_filter(np.where(covered, zbuffer, zbuffer[covered].max() if covered.any() else 0.0), 1.0)
+    hit = np.isfinite(zbuffer)
+    if not hit.any():
+        return View(np.full((size, size), round(BACKGROUND * 255), np.uint8), yaw, centre, span / size)
+    covered = binary_erosion(binary_dilation(hit, iterations=FILL_STEPS), iterations=FILL_STEPS, border_value=1)
+    # A pixel the near surface's points missed shows a farther surface through the gap: such pixels (deeper than
+    # their neighbourhood's nearest point by a few centimetres) and the gaps take their nearest front pixel's depth.
+    front = hit & (zbuffer <= minimum_filter(zbuffer, size=2 * FILL_STEPS + 1) + SEE_THROUGH * grid)
+    nearest_front = distance_transform_edt(~front, return_distances=False, return_indices=True)
+    filled = gaussian_filter(zbuffer[tuple(nearest_front)], 1.0)
     d_row, d_column = np.gradient(filled)
-    d_row, d_column = np.clip(d_row, -8, 8), np.clip(d_column, -8, 8)  # silhouette edges stay shaded, not black
-    # Surface normal of a depth image z(column, row) faces the camera with component 1 against the view.
+    d_row, d_column = np.clip(d_row, -3, 3), np.clip(d_column, -3, 3)  # silhouette edges stay shaded, not black
+    # The normal of a depth image z(column, row) is (-dz/dcolumn, -dz/drow, 1) normalised; the light is at the camera.
     lambert = 1.0 / np.sqrt(1.0 + d_row**2 + d_column**2)
     grey = np.where(covered, AMBIENT + (1 - AMBIENT) * lambert, BACKGROUND)
-    view.image[:] = np.clip(grey * 255, 0, 255).astype(np.uint8)
-    return view
+    if grid != size:
+        grey = zoom(grey, size / grid, order=1, grid_mode=True, mode="nearest")
+    image = np.clip(grey * 255, 0, 255).astype(np.uint8)
+    return View(image, yaw, centre, span / size)
