@@ -41,7 +41,7 @@ DEFAULT_SCAN_WEIGHTS = {
 # Bodies fitted with their mirror twin's network: the scan is mirrored (x -> -x) for the network and the
 # prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
 MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
-SURFACE_POINTS = 4000
+SURFACE_POINTS = 4000  # scan points the surface refinement matches against
 # Facings LVD tries on a body scan where the person detector found no person (its facing is then unknown).
 FALLBACK_FACINGS = 4
 # The detector's landmarks as fit targets: each weighs this share of the LVD vertices' count times its
@@ -55,7 +55,7 @@ LANDMARK_VERTICES = 32  # each landmark's strongest regressor weights kept: with
 DETECTOR_NAMES = {"left_big_toe": "left_foot_index", "right_big_toe": "right_foot_index"}  # the detector's name for a point
 # A fit is also doubtful when the fitted body's landmarks lie, at the median, farther than this share of the
 # model's size (80 mm on Anny's body) from the detected ones: the fit and the detector disagree on the pose.
-LANDMARK_DOUBT_SHARE = 0.05  # scan points the surface refinement matches against
+LANDMARK_DOUBT_SHARE = 0.05
 # Facings (of several) per scan that go through the full fit and the refinement, ranked by how well a quick fit
 # takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan. Measured on 96
 # held-out hands (validation samples 0-95, 8 facings each; the session-5 hand network), mean vertex error after
@@ -244,15 +244,12 @@ class ScanPrediction:
 
 
 def predict_vertices(
-    network, scans: list[Scan], device, iterations: int, facings: int, twins: np.ndarray | None = None,
-    yaws: list[float] | None = None,
-) -> tuple[list[ScanPrediction], np.ndarray]:  # fmt: skip
+    network, scans: list[Scan], device, iterations: int, facings: int, twins: np.ndarray | None = None
+) -> tuple[list[ScanPrediction], np.ndarray]:
     """LVD on scans, every scan and facing in one batch: a ScanPrediction per scan and the vertex ids (N,).
     Each facing's vertices are the mean of the descents at its YAW_JITTER_DEG turns (hands). With the body's
     mirror twins (V,), each scan is also read mirrored (see MIRROR): N is then twice the network's vertices, the
-    second half standing for their twins. yaws: per scan, radians about the canonical up axis that its facings
-    start from (its person's facing where known, see lvd_core.landmarks); 0 for each when None."""
-    yaws = [0.0] * len(scans) if yaws is None else yaws
+    second half standing for their twins."""
     if isinstance(network, CompactScanLVD):
         angles, rotations = orientation_hypotheses(scans[0].kind, facings)
         jitters = [yaw_rotation(np.radians(d)) for d in YAW_JITTER_DEG.get(scans[0].kind, (0.0,))]
@@ -261,9 +258,8 @@ def predict_vertices(
         canonicals = [frame.to_canonical(scan.points.astype(np.float64)) for frame, scan in zip(frames, scans)]
         # Mirrored last, in the network's frame, where x is left-right whatever the facing hypothesis.
         turns = [r @ j @ m for m in readings for r in rotations for j in jitters]
-        turns_of = [[yaw_rotation(yaw) @ t for t in turns] for yaw in yaws]
         preset = compact_grid(network.resolution, network.box_half_size)
-        grids = np.stack([preset.grid(c @ t) for c, scan_turns in zip(canonicals, turns_of) for t in scan_turns])  # the scan turned by t^-1
+        grids = np.stack([preset.grid(c @ t) for c in canonicals for t in turns])  # the scan turned by t^-1
         network_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
         vertex_ids = network_ids if twins is None else np.concatenate([network_ids, twins[network_ids]])
         start = network.template[None].expand(len(grids), -1, -1)
@@ -272,7 +268,6 @@ def predict_vertices(
         preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
         grids = np.stack([preset.grid(f.to_canonical(s.points.astype(np.float64)), workers=-1) for f, s in zip(frames, scans)])
         angles, rotations, jitters, readings, turns = np.zeros(1), [np.eye(3)], [np.eye(3)], [np.eye(3)], [np.eye(3)]
-        turns_of, yaws = [turns] * len(scans), [0.0] * len(scans)
         vertex_ids = np.arange(network.vertex_count)
         start = torch.zeros(len(grids), 1, 3)
     with torch.no_grad():
@@ -280,11 +275,11 @@ def predict_vertices(
         result = descend(network, features, start.to(device), iterations=iterations)
     predicted = result.vertices.double().cpu().numpy().reshape(len(scans), len(turns), -1, 3)
     predictions = []
-    for frame, per_turn, scan_turns, yaw in zip(frames, predicted, turns_of, yaws):
-        unrotated = np.stack([p @ t.T for p, t in zip(per_turn, scan_turns)])  # (readings * facings * jitters, n, 3)
+    for frame, per_turn in zip(frames, predicted):
+        unrotated = np.stack([p @ t.T for p, t in zip(per_turn, turns)])  # (readings * facings * jitters, n, 3)
         per_facing = unrotated.reshape(len(readings), len(rotations), len(jitters), -1, 3).mean(2)
         per_facing = np.concatenate(list(per_facing), axis=1)  # (facings, readings * n, 3)
-        predictions.append(ScanPrediction(frame.to_input(per_facing), frame, np.degrees(angles + yaw)))
+        predictions.append(ScanPrediction(frame.to_input(per_facing), frame, np.degrees(angles)))
     return predictions, vertex_ids
 
 
@@ -327,8 +322,9 @@ def fit_scans(
 
     facings: how many facings (about the up axis, evenly spaced) LVD tries. Bodies: with `landmarks`, a person
     detector on rendered views finds the person's facing (lvd_core.landmarks) and the facings start from it (1 by
-    default); where it finds no person, FALLBACK_FACINGS by default, starting from the usual convention (the
-    person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view). Hands have no usual
+    default); where it finds no person, or not surely (Landmarks.sure), FALLBACK_FACINGS by default, starting
+    from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
+    Y-up file, Blender's front view). Hands have no usual
     orientation: 4 by default, each also upside down. progress(fraction, message) is called between stages;
     setting `cancel` stops at the next stage with FitCancelled.
     """
@@ -367,13 +363,15 @@ def fit_scans(
     predictions = {}
     for count in sorted({c for _, c in plan.values()}):  # one batch per number of facings
         group = [i for i in order if plan[i][1] == count]
-        seen = [_mirror_x(scans[i]) if mirrored else scans[i] for i in group]
-        found, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, count, twins, [plan[i][0] for i in group])
-        predictions.update(zip(group, found))
-    if mirrored:  # back to the scan's side; the fit uses the unmirrored scan's canonical frame
-        for i, prediction in predictions.items():
-            prediction.predicted = prediction.predicted @ MIRROR
+        # Each scan turned about its up axis so its person faces the trained way (and mirrored for a mirror twin's network).
+        turns = {i: (MIRROR if mirrored else np.eye(3)) @ up_axis_turn(scans[i].up, -plan[i][0]) for i in group}
+        seen = [_turned(scans[i], turns[i]) for i in group]
+        found, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, count, twins)
+        for i, prediction in zip(group, found):  # back to the scan's own frame, its canonical frame the fit's
+            prediction.predicted = prediction.predicted @ turns[i]
             prediction.canonical = scan_frame(scans[i])
+            prediction.angles_deg = prediction.angles_deg + np.degrees(plan[i][0])
+        predictions.update(zip(group, found))
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
     ids = torch.as_tensor(vertex_ids, device=torch_device)
@@ -411,10 +409,10 @@ def find_person(scan: Scan) -> Landmarks:
 
 def facing_plan(kind: str, facings: int | None, person: Landmarks | None) -> tuple[float, int]:
     """The yaw (radians) a scan's facings start from and how many LVD tries (see fit_scans)."""
-    if person is not None and person.found:
+    if person is not None and person.sure:
         return person.facing_yaw, facings or 1
-    if person is not None:  # a body scan where no person was found: its facing is unknown
-        return 0.0, facings or FALLBACK_FACINGS
+    if person is not None:  # a body scan whose person was not found, or not surely: search from their facing
+        return (person.facing_yaw if person.found else 0.0), facings or FALLBACK_FACINGS
     return 0.0, facings or (4 if kind == "hand" else 1)
 
 
@@ -438,9 +436,9 @@ class _ScanInModel:
 
     def _landmarks_in_model(self, model: BodyModel) -> LandmarkTargets | None:
         """The person's landmarks as targets for the body model's own (batch 1, model frame), or None when the
-        model has no landmark regressor or no person was found."""
+        model has no landmark regressor or the person was not surely found."""
         regressor = model.landmark_regressor()
-        if regressor is None or self.person is None or not self.person.found:
+        if regressor is None or self.person is None or not self.person.sure:
             return None
         matrix, names = regressor
         matrix = strongest_weights(matrix, LANDMARK_VERTICES)
@@ -551,8 +549,16 @@ def _joined(landmarks: list[LandmarkTargets | None], group: list[_ScanInModel], 
     return LandmarkTargets(regressor, torch.cat([p.targets for p in parts]), torch.cat([p.weights for p in parts]))
 
 
-def _mirror_x(scan: Scan) -> Scan:
-    return replace(scan, vertices=scan.vertices @ MIRROR, points=(scan.points @ MIRROR).astype(np.float32))
+def _turned(scan: Scan, rotation: np.ndarray) -> Scan:
+    """The scan with its vertices and points rotated by `rotation` (3, 3) (input frame)."""
+    return replace(scan, vertices=scan.vertices @ rotation.T, points=(scan.points @ rotation.T).astype(np.float32))
+
+
+def up_axis_turn(up: str, yaw: float) -> np.ndarray:
+    """(3, 3) the rotation by `yaw` radians about the up axis `up` of an input frame (the canonical yaw_rotation
+    seen from the input's axes)."""
+    to_z = QUARTER_TURNS[(up, "z")]
+    return to_z.T @ yaw_rotation(yaw) @ to_z
 
 
 def held_extremities(body: BodyModel) -> dict:

@@ -44,6 +44,10 @@ MIN_VISIBILITY = 0.3  # a view's landmark below this visibility is not used
 # by more than this share of the height (4 cm on a 1.75 m person): it is dropped for that landmark.
 MAX_MISS = 0.025
 MIN_DETECTED_VIEWS = 3  # fewer views with a person: no landmarks
+# A person found in fewer views, or with a less confident shoulder or hip, may be misread (crouching bodies,
+# arms over the head): their facing is then only where the search starts.
+SURE_VIEWS = 6
+SURE_CONFIDENCE = 0.5
 
 
 @dataclass
@@ -60,6 +64,12 @@ class Landmarks:
     @property
     def found(self) -> bool:
         return bool(np.isfinite(self.facing).all())
+
+    @property
+    def sure(self) -> bool:
+        """Found in most views with the shoulders and hips well placed: the facing can be trusted alone."""
+        torso = [INDEX[f"{side}_{part}"] for side in ("left", "right") for part in ("shoulder", "hip")]
+        return self.found and self.views >= SURE_VIEWS and bool(self.confidence[torso].min() >= SURE_CONFIDENCE)
 
     @property
     def facing_yaw(self) -> float:
