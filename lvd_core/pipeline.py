@@ -1,8 +1,9 @@
 """From an input (scan or photo) to fitted body-model parameters: the one pipeline the CLI and Blender share.
 
-fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> distance grid -> LVD descent
-from the template, for a few facing hypotheses at once -> body fit to the predicted vertices of the facings
-the body model takes best -> optional refinement against the scan surface -> the facing whose body lies
+fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> bodies: the person's landmarks and
+facing from rendered views (lvd_core.landmarks), the scan turned to the trained facing -> distance grid -> LVD
+descent from the template, for a few facing hypotheses at once -> body fit to the predicted vertices of the facings
+the body model takes best (and the landmarks) -> optional refinement against the scan surface -> the facing whose body lies
 closest to the scan, mapped back to the input's own frame and units. fit_scans does the same for many scans,
 the descent and the fit batched (for a GPU).
 """
@@ -324,9 +325,10 @@ def fit_scans(
     detector on rendered views finds the person's facing (lvd_core.landmarks) and the facings start from it (1 by
     default); where it finds no person, or not surely (Landmarks.sure), FALLBACK_FACINGS by default, starting
     from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
-    Y-up file, Blender's front view). Hands have no usual
-    orientation: 4 by default, each also upside down. progress(fraction, message) is called between stages;
-    setting `cancel` stops at the next stage with FitCancelled.
+    Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
+    default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down.
+    progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
+    FitCancelled.
     """
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)

@@ -10,6 +10,7 @@ person's front is read from the 3D points (`facing_direction`), which also fixes
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,9 +79,11 @@ class Landmarks:
 
 
 _pose = None
+_pose_lock = threading.Lock()  # a mediapipe graph runs one image at a time (fits may run in threads)
 
 
 def _pose_detector():
+    """MediaPipe Pose without segmentation (complexity 1: the model inside the wheel), made on first use."""
     global _pose
     if _pose is None:
         import mediapipe as mp  # imported on first use: ~1 s, and only body scans need it
@@ -92,10 +95,10 @@ def _pose_detector():
 def detect_views(views: list[View]) -> np.ndarray:
     """(K, 33, 3) per view: each landmark's horizontal coordinate (along the view's image columns) and height in
     the rendered points' frame, and its visibility; NaN rows where the view found no person."""
-    detector = _pose_detector()
     out = np.full((len(views), len(NAMES), 3), np.nan)
     for k, view in enumerate(views):
-        found = detector.process(np.repeat(view.image[..., None], 3, axis=2)).pose_landmarks
+        with _pose_lock:
+            found = _pose_detector().process(np.repeat(view.image[..., None], 3, axis=2)).pose_landmarks
         if found is None:
             continue
         marks = np.array([(m.x, m.y, m.visibility) for m in found.landmark])
