@@ -11,6 +11,7 @@ from lvd_core.inputs.scan import load_scan
 from lvd_core.landmarks.detect import (
     INDEX,
     NAMES,
+    Landmarks,
     SWAPPED,
     facing_direction,
     find_landmarks,
@@ -18,7 +19,7 @@ from lvd_core.landmarks.detect import (
     triangulate,
 )
 from lvd_core.landmarks.render import BACKGROUND, render_views, view_direction, view_right
-from lvd_core.pipeline import FALLBACK_FACINGS, facing_plan, fit_scan, strongest_weights
+from lvd_core.pipeline import FALLBACK_FACINGS, facing_plan, fit_scan, strongest_weights, up_axis_turn
 from lvd_core.synth import ScanRealism, held_out_set
 
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
@@ -116,10 +117,26 @@ def test_facing_plan_starts_from_the_found_facing():
     truth = person_landmarks()
     points, confidence = triangulate(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS, height=1.0)
     front, _ = facing_direction(points, confidence)
-    turned = find_landmarks.__globals__["Landmarks"](points, confidence, yaw_rotation(np.radians(90)) @ front, 8)
+    turned = Landmarks(points, confidence, yaw_rotation(np.radians(90)) @ front, 8)
     yaw, count = facing_plan("body", None, turned)
     assert np.degrees(yaw) == pytest.approx(90.0)
     assert count == 1
+
+
+def test_a_person_not_surely_found_starts_a_search_from_their_facing():
+    truth = person_landmarks()
+    points, confidence = triangulate(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS, height=1.0)
+    front, _ = facing_direction(points, confidence)
+    few_views = Landmarks(points, confidence, front, 4)
+    assert few_views.found and not few_views.sure
+    assert facing_plan("body", None, few_views) == (pytest.approx(0.0), FALLBACK_FACINGS)
+
+
+@pytest.mark.parametrize("up", ["y", "z"])
+def test_up_axis_turn_is_the_canonical_yaw_in_the_inputs_axes(up):
+    to_z = QUARTER_TURNS[(up, "z")]
+    point = np.array([0.3, -0.2, 0.7])
+    assert to_z @ up_axis_turn(up, 0.4) @ point == pytest.approx(yaw_rotation(0.4) @ to_z @ point)
 
 
 def test_strongest_weights_keep_each_rows_sum():
