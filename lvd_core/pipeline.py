@@ -49,7 +49,7 @@ FALLBACK_FACINGS = 4
 # confidence (0-1) and its LANDMARK_TRUST. MediaPipe places some points otherwise than the body model's COCO
 # regressor: its hips higher and wider, its "foot index" (toe tip) beyond the big toe, its face points on the
 # surface. Figures: benchmarks/results_facing.md.
-LANDMARK_WEIGHT = 0.01
+LANDMARK_WEIGHT = 0.003
 LANDMARK_TRUST = {"left_hip": 0.3, "right_hip": 0.3, "left_big_toe": 0.5, "right_big_toe": 0.5, "nose": 0.5,
                   "left_eye": 0.5, "right_eye": 0.5, "left_ear": 0.5, "right_ear": 0.5}  # fmt: skip
 LANDMARK_VERTICES = 32  # each landmark's strongest regressor weights kept: within 4 mm of the whole regressor on held-out bodies
