@@ -48,7 +48,8 @@ FALLBACK_FACINGS = 4
 # The detector's landmarks as fit targets: each weighs this share of the LVD vertices' count times its
 # confidence (0-1) and its LANDMARK_TRUST. MediaPipe places some points otherwise than the body model's COCO
 # regressor: its hips higher and wider, its "foot index" (toe tip) beyond the big toe, its face points on the
-# surface. Figures: benchmarks/results_facing.md.
+# surface. Light for now: the detector's points are no closer than LVD's vertices (benchmarks/results_facing.md),
+# and at 0.01 they moved the real sample scan's fit off its surface (median 14.3 -> 16.2 mm; 0.003: 14.45).
 LANDMARK_WEIGHT = 0.003
 LANDMARK_TRUST = {"left_hip": 0.3, "right_hip": 0.3, "left_big_toe": 0.5, "right_big_toe": 0.5, "nose": 0.5,
                   "left_eye": 0.5, "right_eye": 0.5, "left_ear": 0.5, "right_ear": 0.5}  # fmt: skip
