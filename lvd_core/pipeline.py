@@ -1,8 +1,9 @@
 """From an input (scan or photo) to fitted body-model parameters: the one pipeline the CLI and Blender share.
 
-fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> distance grid -> LVD descent
-from the template, for a few facing hypotheses at once -> body fit to the predicted vertices of the facings
-the body model takes best -> optional refinement against the scan surface -> the facing whose body lies
+fit_scan: load and clean -> canonical frame (Z up, height 1, exact inverse) -> bodies: the person's landmarks and
+facing from rendered views (lvd_core.landmarks), the scan turned to the trained facing -> distance grid -> LVD
+descent from the template, for a few facing hypotheses at once -> body fit to the predicted vertices of the facings
+the body model takes best (and the landmarks) -> optional refinement against the scan surface -> the facing whose body lies
 closest to the scan, mapped back to the input's own frame and units. fit_scans does the same for many scans,
 the descent and the fit batched (for a GPU).
 """
@@ -22,10 +23,11 @@ from .canonical import body_kind, scan_frame, yaw_rotation
 from .checkpoints import CheckpointError, load_checkpoint
 from .descent import descend
 from .devices import pick_device
-from .fit import FitOptions, fit_to_vertices, refine_to_surface
+from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
+from .landmarks.detect import INDEX, Landmarks
 from .nets.compact import CompactScanLVD
 from .resources import weights_dir
 from .synth.poses import relaxed_finger_pose
@@ -42,6 +44,21 @@ DEFAULT_SCAN_WEIGHTS = {
 # prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
 MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
 SURFACE_POINTS = 4000  # scan points the surface refinement matches against
+# Facings LVD tries on a body scan where the person detector found no person (its facing is then unknown).
+FALLBACK_FACINGS = 4
+# The detector's landmarks as fit targets: each weighs this share of the LVD vertices' count times its
+# confidence (0-1) and its LANDMARK_TRUST. MediaPipe places some points otherwise than the body model's COCO
+# regressor: its hips higher and wider, its "foot index" (toe tip) beyond the big toe, its face points on the
+# surface. Light for now: the detector's points are no closer than LVD's vertices (benchmarks/results_facing.md),
+# and at 0.01 they moved the real sample scan's fit off its surface (median 14.3 -> 16.2 mm; 0.003: 14.45).
+LANDMARK_WEIGHT = 0.003
+LANDMARK_TRUST = {"left_hip": 0.3, "right_hip": 0.3, "left_big_toe": 0.5, "right_big_toe": 0.5, "nose": 0.5,
+                  "left_eye": 0.5, "right_eye": 0.5, "left_ear": 0.5, "right_ear": 0.5}  # fmt: skip
+LANDMARK_VERTICES = 32  # each landmark's strongest regressor weights kept: within 4 mm of the whole regressor on held-out bodies
+DETECTOR_NAMES = {"left_big_toe": "left_foot_index", "right_big_toe": "right_foot_index"}  # the detector's name for a point
+# A fit is also doubtful when the fitted body's landmarks lie, at the median, farther than this share of the
+# model's size (80 mm on Anny's body) from the detected ones: the fit and the detector disagree on the pose.
+LANDMARK_DOUBT_SHARE = 0.05
 # Facings (of several) per scan that go through the full fit and the refinement, ranked by how well a quick fit
 # takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan. Measured on 96
 # held-out hands (validation samples 0-95, 8 facings each; the session-5 hand network), mean vertex error after
@@ -98,6 +115,11 @@ class FitResult:
     # and whether it is past DOUBT_SHARE of the model's size: the network misread the pose, check the fit.
     disagreement_mm: float = float("nan")
     doubtful: bool = False
+    # Whether the person detector found the person (and so their facing) on the scan; None: not looked for.
+    person_found: bool | None = None
+    # Median distance from the fitted body's landmarks to the detected ones, mm in the model frame (NaN: none);
+    # past LANDMARK_DOUBT_SHARE of the model's size, the fit is doubtful too.
+    landmark_disagreement_mm: float = float("nan")
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
@@ -105,8 +127,10 @@ class FitResult:
             return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful else "")
         label = f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
         if self.doubtful:
-            label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body, "
-                      "as when it misreads an unusual pose: check the fit")  # fmt: skip
+            landmarks = "" if np.isnan(self.landmark_disagreement_mm) else (
+                f", the detected landmarks {self.landmark_disagreement_mm:.0f} mm")
+            label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body"
+                      f"{landmarks}, as when it misreads an unusual pose: check the fit")  # fmt: skip
         return label
 
 
@@ -289,6 +313,7 @@ def fit_scans(
     iterations: int | None = None,
     facings: int | None = None,
     refine: bool = True,
+    landmarks: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
 ) -> list[FitResult | Exception]:
@@ -298,10 +323,13 @@ def fit_scans(
     it unfittable: one bad scan does not stop the others. Problems of the options (body model, checkpoint)
     raise. Timings are those of the whole batch.
 
-    facings: how many facings (about the up axis, evenly spaced) LVD tries; 1 (bodies' default) assumes the usual
-    convention (the person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view); 4 finds
-    any facing, at about 4x the LVD and quick-fit cost. Hands have no usual orientation: 4 by default, each also
-    upside down. progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
+    facings: how many facings (about the up axis, evenly spaced) LVD tries. Bodies: with `landmarks`, a person
+    detector on rendered views finds the person's facing (lvd_core.landmarks) and the facings start from it (1 by
+    default); where it finds no person, or not surely (Landmarks.sure), FALLBACK_FACINGS by default, starting
+    from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
+    Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
+    default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down.
+    progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled.
     """
     lap = StageTimer()
@@ -326,49 +354,82 @@ def fit_scans(
     lap("network")
     if not scans:
         return results
+    order = list(scans)
+    people = {}
+    if landmarks and kind == "body" and isinstance(network, CompactScanLVD):
+        report_progress(progress, 0.1, "finding the person (landmarks)", cancel)
+        people = {i: find_person(scans[i]) for i in order}
+        lap("landmarks")
     report_progress(progress, 0.15, "predicting vertices (LVD)", cancel)
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
-    order = list(scans)
-    seen = [_mirror_x(scans[i]) if mirrored else scans[i] for i in order]
     twins = model.mirror_twins() if isinstance(network, CompactScanLVD) else None
-    predictions, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, facings or (4 if kind == "hand" else 1), twins)
-    if mirrored:  # back to the scan's side; the fit uses the unmirrored scan's canonical frame
-        for i, prediction in zip(order, predictions):
-            prediction.predicted = prediction.predicted @ MIRROR
+    plan = {i: facing_plan(kind, facings, people.get(i)) for i in order}
+    predictions = {}
+    for count in sorted({c for _, c in plan.values()}):  # one batch per number of facings
+        group = [i for i in order if plan[i][1] == count]
+        # Each scan turned about its up axis so its person faces the trained way (and mirrored for a mirror twin's network).
+        turns = {i: (MIRROR if mirrored else np.eye(3)) @ up_axis_turn(scans[i].up, -plan[i][0]) for i in group}
+        seen = [_turned(scans[i], turns[i]) for i in group]
+        found, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, count, twins)
+        for i, prediction in zip(group, found):  # back to the scan's own frame, its canonical frame the fit's
+            prediction.predicted = prediction.predicted @ turns[i]
             prediction.canonical = scan_frame(scans[i])
+            prediction.angles_deg = prediction.angles_deg + np.degrees(plan[i][0])
+        predictions.update(zip(group, found))
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
     ids = torch.as_tensor(vertex_ids, device=torch_device)
-    placed = {i: _ScanInModel(model, scans[i], prediction, vertex_ids) for i, prediction in zip(order, predictions)}
+    placed = {i: _ScanInModel(model, scans[i], predictions[i], vertex_ids, people.get(i)) for i in order}
     candidates = {}
-    for fit_scale in (False, True):  # the fit's options hold fit_scale: one batch for each kind of scan
-        group = [i for i in order if placed[i].fit_scale == fit_scale]
-        if group:
-            candidates.update(zip(group, _fit_group(model, [placed[i] for i in group], ids)))
+    # The fit's options hold fit_scale, and a batch's scans share their number of facings: one batch for each.
+    for key in dict.fromkeys((placed[i].fit_scale, len(placed[i].targets)) for i in order):
+        group = [i for i in order if (placed[i].fit_scale, len(placed[i].targets)) == key]
+        candidates.update(zip(group, _fit_group(model, [placed[i] for i in group], ids)))
     lap("fit")
     if refine:
         report_progress(progress, 0.75, "refining against the scan surface", cancel)
         for i in order:
             candidates[i] = [
-                refine_to_surface(model, fit, placed[i].targets_of(facing), [placed[i].surface_sample()], ids, placed[i].options)
+                refine_to_surface(model, fit, placed[i].targets_of(facing), [placed[i].surface_sample()], ids,
+                                  placed[i].options, placed[i].landmark_targets(1))
                 for facing, fit in zip(placed[i].shortlist, candidates[i])
             ]  # fmt: skip
         lap("refine")
     fits = {i: placed[i].choose(candidates[i]) for i in order}
     report_progress(progress, 1.0, "done", cancel)
-    doubt_mm = 1000 * DOUBT_SHARE * neutral_size(model)
+    size_mm = 1000 * neutral_size(model)
     for i in order:
-        results[i] = placed[i].result(model, fits[i], dict(lap.timings), len(order), doubt_mm)
+        results[i] = placed[i].result(model, fits[i], dict(lap.timings), len(order), DOUBT_SHARE * size_mm,
+                                      LANDMARK_DOUBT_SHARE * size_mm)  # fmt: skip
     return results
+
+
+def find_person(scan: Scan) -> Landmarks:
+    """The person's 3D landmarks and facing on a body scan (lvd_core.landmarks), in its canonical frame."""
+    from .landmarks.detect import find_landmarks
+
+    return find_landmarks(scan_frame(scan).to_canonical(scan.points.astype(np.float64)))
+
+
+def facing_plan(kind: str, facings: int | None, person: Landmarks | None) -> tuple[float, int]:
+    """The yaw (radians) a scan's facings start from and how many LVD tries (see fit_scans)."""
+    if person is not None and person.sure:
+        return person.facing_yaw, facings or 1
+    if person is not None:  # a body scan whose person was not found, or not surely: search from their facing
+        return (person.facing_yaw if person.found else 0.0), facings or FALLBACK_FACINGS
+    return 0.0, facings or (4 if kind == "hand" else 1)
 
 
 class _ScanInModel:
     """One scan in the model frame (metres, the model's up axis) on its way through fit_scans: its LVD targets
-    per facing, the facing chosen, and the fit's options."""
+    per facing, the facing chosen, the person's landmarks (when looked for) and the fit's options."""
 
-    def __init__(self, model: BodyModel, scan: Scan, prediction: ScanPrediction, vertex_ids: np.ndarray):
-        self.scan, self.prediction, self.vertex_ids = scan, prediction, vertex_ids
+    def __init__(self, model: BodyModel, scan: Scan, prediction: ScanPrediction, vertex_ids: np.ndarray,
+                 person: Landmarks | None = None):  # fmt: skip
+        self.scan, self.prediction, self.vertex_ids, self.person = scan, prediction, vertex_ids, person
         self.to_model, self.fit_scale = model_frame(scan, model, prediction.canonical)
+        self.device, self.dtype = model.device, model.dtype
+        self.landmarks = self._landmarks_in_model(model)
         self.targets = np.stack([apply_transform(self.to_model, p) for p in prediction.predicted])  # (F, N, 3)
         self.points = apply_transform(self.to_model, scan.points.astype(np.float64))
         self.sample = np.random.default_rng(0).choice(len(self.points), min(SURFACE_POINTS, len(self.points)), replace=False)
@@ -376,7 +437,37 @@ class _ScanInModel:
         self.shortlist = [0]  # the facings that go through the full fit (and the refinement)
         self.best = 0
         self.residual = float("nan")  # metres: median scan-to-body distance of the chosen fit (set by choose)
-        self.device, self.dtype = model.device, model.dtype
+
+    def _landmarks_in_model(self, model: BodyModel) -> LandmarkTargets | None:
+        """The person's landmarks as targets for the body model's own (batch 1, model frame), or None when the
+        model has no landmark regressor or the person was not surely found."""
+        regressor = model.landmark_regressor()
+        if regressor is None or self.person is None or not self.person.sure:
+            return None
+        matrix, names = regressor
+        matrix = strongest_weights(matrix, LANDMARK_VERTICES)
+        located = apply_transform(self.to_model, self.prediction.canonical.to_input(self.person.points))
+        rows = [INDEX.get(DETECTOR_NAMES.get(name, name)) for name in names]
+        targets = np.array([located[r] if r is not None else np.zeros(3) for r in rows])
+        weights = np.array([0.0 if r is None else self.person.confidence[r] * LANDMARK_TRUST.get(name, 1.0)
+                            for name, r in zip(names, rows)])  # fmt: skip
+        weights = np.where(np.isfinite(targets).all(1), weights * LANDMARK_WEIGHT * len(self.vertex_ids), 0.0)
+        kw = dict(dtype=self.dtype, device=self.device)
+        return LandmarkTargets(matrix, torch.as_tensor(np.nan_to_num(targets)[None], **kw), torch.as_tensor(weights[None], **kw))
+
+    def landmark_targets(self, count: int) -> LandmarkTargets | None:
+        """The landmark targets repeated for `count` fits of this scan (None: none)."""
+        if self.landmarks is None:
+            return None
+        return LandmarkTargets(self.landmarks.regressor, self.landmarks.targets.repeat(count, 1, 1), self.landmarks.weights.repeat(count, 1))
+
+    def landmark_disagreement(self, fit) -> float:
+        """Metres: median distance from the fitted body's landmarks to the detected ones that weigh (NaN: none)."""
+        if self.landmarks is None or not (self.landmarks.weights > 0).any():
+            return float("nan")
+        fitted = self.landmarks.regressor @ fit.vertices[0].to(self.landmarks.regressor.dtype)
+        distance = (fitted - self.landmarks.targets[0]).norm(dim=-1)[self.landmarks.weights[0] > 0]
+        return float(distance.median())
 
     def targets_of(self, facing: int) -> torch.Tensor:
         """(1, N, 3) the LVD vertices of one facing, model frame."""
@@ -395,10 +486,12 @@ class _ScanInModel:
     def surface_sample(self) -> torch.Tensor:
         return torch.as_tensor(self.points[self.sample], dtype=self.dtype, device=self.device)
 
-    def result(self, model: BodyModel, fit, timings: dict, batch_size: int, doubt_mm: float) -> FitResult:
+    def result(self, model: BodyModel, fit, timings: dict, batch_size: int, doubt_mm: float,
+               landmark_doubt_mm: float) -> FitResult:  # fmt: skip
         input_from_model = np.linalg.inv(self.to_model)
         vertices_model = fit.vertices[0].detach().cpu().double().numpy()
         disagreement_mm = 1000 * float(fit.residuals[0].median())
+        landmark_disagreement_mm = 1000 * self.landmark_disagreement(fit)
         return FitResult(
             body_name=model.name,
             params=fit.params.to(device="cpu"),
@@ -410,10 +503,12 @@ class _ScanInModel:
             residual_mm=1000 * self.residual,
             units=self.scan.units,
             timings=timings,
-            facing_deg=float(self.prediction.angles_deg[self.best]),
+            facing_deg=float(self.prediction.angles_deg[self.best]) % 360,
+            person_found=None if self.person is None else self.person.found,
             batch_size=batch_size,
             disagreement_mm=disagreement_mm,
-            doubtful=disagreement_mm > doubt_mm,
+            doubtful=disagreement_mm > doubt_mm or landmark_disagreement_mm > landmark_doubt_mm,
+            landmark_disagreement_mm=landmark_disagreement_mm,
         )
 
 
@@ -431,13 +526,43 @@ def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -
         for k, placed in enumerate(group):
             placed.shortlist = [int(f) for f in np.argsort(residuals[k * facings : (k + 1) * facings])[:SHORTLIST]]
     targets = torch.cat([placed.targets_of(facing) for placed in group for facing in placed.shortlist])
-    fit = fit_to_vertices(model, targets, ids, options=group[0].options)
+    landmarks = [placed.landmark_targets(len(placed.shortlist)) for placed in group]
+    fit = fit_to_vertices(model, targets, ids, options=group[0].options, landmarks=_joined(landmarks, group, model))
     items = (fit.item(b) for b in range(len(targets)))
     return [[next(items) for _ in placed.shortlist] for placed in group]
 
 
-def _mirror_x(scan: Scan) -> Scan:
-    return replace(scan, vertices=scan.vertices @ MIRROR, points=(scan.points @ MIRROR).astype(np.float32))
+def strongest_weights(matrix: torch.Tensor, count: int) -> torch.Tensor:
+    """(L, V) blend weights keeping each row's `count` largest, rescaled to the row's sum: the fit then poses only
+    those vertices for the landmarks (a regressor's rows can spread over hundreds)."""
+    top = matrix.topk(count, dim=1)
+    kept = torch.zeros_like(matrix).scatter_(1, top.indices, top.values)
+    return kept * (matrix.sum(1, keepdim=True) / kept.sum(1, keepdim=True))
+
+
+def _joined(landmarks: list[LandmarkTargets | None], group: list[_ScanInModel], model: BodyModel) -> LandmarkTargets | None:
+    """The batch's landmark targets, scan after scan (a scan without any weighs nothing); None when none has any."""
+    known = [t for t in landmarks if t is not None]
+    if not known:
+        return None
+    regressor = known[0].regressor
+    count = regressor.shape[0]
+    zeros = lambda n: LandmarkTargets(regressor, torch.zeros(n, count, 3, dtype=model.dtype, device=model.device),  # noqa: E731
+                                      torch.zeros(n, count, dtype=model.dtype, device=model.device))  # fmt: skip
+    parts = [t if t is not None else zeros(len(placed.shortlist)) for t, placed in zip(landmarks, group)]
+    return LandmarkTargets(regressor, torch.cat([p.targets for p in parts]), torch.cat([p.weights for p in parts]))
+
+
+def _turned(scan: Scan, rotation: np.ndarray) -> Scan:
+    """The scan with its vertices and points rotated by `rotation` (3, 3) (input frame)."""
+    return replace(scan, vertices=scan.vertices @ rotation.T, points=(scan.points @ rotation.T).astype(np.float32))
+
+
+def up_axis_turn(up: str, yaw: float) -> np.ndarray:
+    """(3, 3) the rotation by `yaw` radians about the up axis `up` of an input frame (the canonical yaw_rotation
+    seen from the input's axes)."""
+    to_z = QUARTER_TURNS[(up, "z")]
+    return to_z.T @ yaw_rotation(yaw) @ to_z
 
 
 def held_extremities(body: BodyModel) -> dict:

@@ -151,6 +151,18 @@ class AnnyBody(BodyModel):
     def _rest(self, shape: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._rest_from_coefficients(self._coefficients(shape), vertex_ids)
 
+    def landmark_regressor(self) -> tuple[Tensor, list[str]] | None:
+        """anny's own COCO keypoint regressor (whole body only; it ships with the anny package)."""
+        if self.name != "anny":
+            return None
+        if "_landmarks" not in self.__dict__:
+            from anny.keypoints import KeypointsRegressor
+
+            regressor = KeypointsRegressor.coco(self.anny)
+            self.__dict__["_landmarks"] = (regressor.regression_weights, list(regressor.labels))
+        weights, names = self.__dict__["_landmarks"]
+        return weights.to(device=self.device, dtype=self.dtype), names
+
     def anny_world_poses(self, params: BodyParams) -> Tensor:
         """(B, J, 4, 4) each bone's posed world frame in anny's own coordinates (anny's "world" pose), from
         our parameters without scale and translation. Used to check us against anny."""

@@ -390,6 +390,12 @@ class BodyModel(torch.nn.Module):
                 out.append(j)
         return out
 
+    def landmark_regressor(self) -> tuple[Tensor, list[str]] | None:
+        """Anatomical landmarks as fixed blends of the posed vertices: weights (L, V) (rows summing to 1, on the
+        model's device and dtype) and the landmarks' names in the COCO keypoints' spelling ("nose",
+        "left_shoulder", ... "left_big_toe", "left_heel"; left is the person's left). None when the model has none."""
+        return None
+
 
 class BodyModelError(ValueError):
     """A body model could not be loaded; the message says what is wrong and how to fix it."""

@@ -1,0 +1,1 @@
+"""Person landmarks on scans: rendered views, a pretrained 2D detector, 3D triangulation and the facing."""
