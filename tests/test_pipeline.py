@@ -207,10 +207,10 @@ def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_sca
     assert [r.units for r in (results[0], results[2])] == ["m", "cm"]
     alone = fit_scan(in_cm, None, refine=False)
     # The same fit up to float32 rounding, which the unconverged solver paths amplify to a few millimetres
-    # (measured: 2-3.5 mm mean, 7 mm at most; exactly equal in float64, see test_fit.py), far below a mix-up of
-    # the batch's items (decimetres); the bound is in centimetres.
+    # (measured: 3.7 mm mean, 32 mm at most with the landmark targets, 13 mm without; exactly equal in float64,
+    # see test_fit.py), far below a mix-up of the batch's items (decimetres); the bound is in centimetres.
     difference = np.linalg.norm(results[2].vertices_input - alone.vertices_input, axis=1)
-    assert difference.mean() < 1.0 and difference.max() < 3.0
+    assert difference.mean() < 1.0 and difference.max() < 5.0
     assert results[0].batch_size == 2 and alone.batch_size == 1
 
 
