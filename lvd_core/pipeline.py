@@ -23,6 +23,7 @@ from .checkpoints import CheckpointError, load_checkpoint
 from .descent import descend
 from .devices import pick_device
 from .fit import FitOptions, fit_to_vertices, refine_to_surface
+from .hands import EITHER_SIDE, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
@@ -297,12 +298,20 @@ def fit_scans(
     it unfittable: one bad scan does not stop the others. Problems of the options (body model, checkpoint)
     raise. Timings are those of the whole batch.
 
+    body "anny-hand" fits each scan with the left and the right hand and keeps the side lying closer to the scan
+    (lvd_core.hands; FitResult.body_name names it); "anny-hand-left" / "-right" force a side. Hand scans lose
+    their forearm, if any, before the fit (lvd_core.hands.without_forearm).
+
     facings: how many facings (about the up axis, evenly spaced) LVD tries; 1 (bodies' default) assumes the usual
     convention (the person faces -Y once the scan is Z up, i.e. +Z in a Y-up file, Blender's front view); 4 finds
     any facing, at about 4x the LVD and quick-fit cost. Hands have no usual orientation: 4 by default, each also
     upside down. progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled.
     """
+    if body in EITHER_SIDE:  # hands of either side: both fitted, the one the scan supports kept
+        options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder, device=device,
+                       iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
+        return fit_either_side(sources, EITHER_SIDE[body], progress, **options)
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)
     torch_device = pick_device(device)
@@ -313,6 +322,8 @@ def fit_scans(
     for index, source in enumerate(sources):
         try:
             scans[index] = load_scan(source, units=units, up=up, kind=kind)
+            if kind == "hand":  # the network reads hands ending at the wrist
+                scans[index] = without_forearm(scans[index], detect_size=units is None)
         except ValueError as error:
             results[index] = error
     lap("load")
