@@ -86,7 +86,9 @@ def synthetic_rows(n: int) -> list[str]:
             finally:
                 pipeline.without_forearm = cropper
         rows.append(dict(side=side, forearm=forearm, chosen=chosen.body_name, error=vertex_error_mm(chosen, truth),
-                         gap=residuals[SIDES[0]] - residuals[SIDES[1]], uncropped=uncropped, seconds=seconds))  # fmt: skip
+                         gap=residuals[SIDES[0]] - residuals[SIDES[1]], residual=residuals[side],
+                         uncertain=chosen.side_uncertain, uncropped=uncropped,
+                         seconds=seconds))  # fmt: skip
         print(rows[-1], flush=True)
     return table(rows) + [
         "",
@@ -99,8 +101,9 @@ def synthetic_rows(n: int) -> list[str]:
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| hands | count | side right | mean vertex error, mm (per-hand median, max) | with the forearm left on, mm | "
-        "residual gap, wrong side minus right side, mm: min / median | time per hand (both sides) |",
-        "|---|---|---|---|---|---|---|",
+        "residual gap, wrong side minus right side, mm: min / median | side uncertain (gap < SIDE_MARGIN) | "
+        "time per hand (both sides) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups = [("all", lambda r: True), ("left", lambda r: r["side"].endswith("left")),
               ("right", lambda r: r["side"].endswith("right")), ("with forearm", lambda r: r["forearm"]),
@@ -112,18 +115,20 @@ def table(rows: list[dict]) -> list[str]:
         right = [r["chosen"] == r["side"] for r in group]
         errors = np.array([r["error"] for r in group])
         gaps = np.array([r["gap"] if r["side"] == SIDES[1] else -r["gap"] for r in group])
+        shares = gaps / np.array([r["residual"] for r in group])
         uncropped = np.array([r["uncropped"] for r in group if r["forearm"]])
         uncropped_cell = f"{uncropped.mean():.1f} ({np.median(uncropped):.1f}, {uncropped.max():.1f})" if len(uncropped) else "-"
         lines.append(
             f"| {label} | {len(group)} | {np.mean(right):.0%} ({sum(right)}) | {errors.mean():.1f} ({np.median(errors):.1f}, "
-            f"{errors.max():.1f}) | {uncropped_cell} | {gaps.min():.2f} / {np.median(gaps):.2f} | "
+            f"{errors.max():.1f}) | {uncropped_cell} | {gaps.min():.2f} / {np.median(gaps):.2f} ({shares.min():.0%} / {np.median(shares):.0%} of the right side's) | "
+            f"{sum(r['uncertain'] for r in group)} | "
             f"{np.mean([r['seconds'] for r in group]):.1f} s |"
         )  # fmt: skip
     return lines
 
 
 def real_rows() -> list[str]:
-    rows = ["| input | side chosen | residual left / right, mm | time (both sides) |", "|---|---|---|---|"]
+    rows = ["| input | side chosen | residual left / right, mm | side uncertain | time (both sides) |", "|---|---|---|---|---|"]
     for i in range(3):
         path = SHARED / "hands" / f"sample_{i}.obj"
         if not path.exists():
@@ -132,7 +137,8 @@ def real_rows() -> list[str]:
         outcomes = fit_both_sides([path], SIDES)[0]
         seconds = time.perf_counter() - start
         chosen = choose_side(outcomes)
-        rows.append(f"| hands/sample_{i}.obj | {chosen.body_name} | {outcomes[0].residual_mm:.2f} / {outcomes[1].residual_mm:.2f} | {seconds:.0f} s |")
+        rows.append(f"| hands/sample_{i}.obj | {chosen.body_name} | {outcomes[0].residual_mm:.2f} / {outcomes[1].residual_mm:.2f} | "
+                    f"{'yes' if chosen.side_uncertain else 'no'} | {seconds:.0f} s |")
         print(rows[-1], flush=True)
     return rows
 

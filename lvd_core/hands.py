@@ -17,6 +17,10 @@ from .inputs.scan import Scan, detect_units
 
 # Bodies whose side is chosen per scan, and the side-specific bodies tried.
 EITHER_SIDE = {"anny-hand": ("anny-hand-left", "anny-hand-right")}
+# The side is uncertain when the other side's residual exceeds the chosen one's by less than this share of it.
+# Held-out synthetic hands: the wrong side lies ~1 mm (50%) farther (benchmarks/results_hands.md); the sample
+# scans, which the hand network misreads on both sides, 2-35%.
+SIDE_MARGIN = 0.1
 PROFILE_SLICES = 48
 END_SLICES = 2  # slices at the scan's end that only graze it  # slices across the scan's longest axis for the cross-section profile
 # A slice is round (forearm) when its cross-section's minor spread is at least this share of its major one;
@@ -136,14 +140,18 @@ def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **optio
 
 def choose_side(outcomes: tuple):
     """Of one scan's fits with each side's model, the one whose body lies closest to the scan (the smallest
-    residual_mm, as facings are chosen), its timings those of both fits; the first outcome when the scan
-    could not be fitted."""
-    fits = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    residual_mm, as facings are chosen), its timings those of both fits, marked side_uncertain (and doubtful)
+    when the other lies less than SIDE_MARGIN farther; the first outcome when the scan could not be fitted."""
+    fits = sorted((outcome for outcome in outcomes if not isinstance(outcome, Exception)), key=lambda fit: fit.residual_mm)
     if not fits:
         return outcomes[0]
-    best = min(fits, key=lambda fit: fit.residual_mm)
+    best = fits[0]
     timings = {stage: round(sum(fit.timings.get(stage, 0.0) for fit in fits), 3) for stage in best.timings}
-    return replace(best, timings=timings)
+    if len(fits) == 1:
+        return replace(best, timings=timings)
+    gap = fits[1].residual_mm - best.residual_mm
+    uncertain = gap < SIDE_MARGIN * best.residual_mm
+    return replace(best, timings=timings, side_gap_mm=gap, side_uncertain=uncertain, doubtful=best.doubtful or uncertain)
 
 
 def fit_either_side(sources: list, sides: tuple[str, str], progress=None, **options) -> list:

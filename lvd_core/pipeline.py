@@ -98,6 +98,10 @@ class FitResult:
     # and whether it is past DOUBT_SHARE of the model's size: the network misread the pose, check the fit.
     disagreement_mm: float = float("nan")
     doubtful: bool = False
+    # Hands whose side was chosen (lvd_core.hands): the other side's residual minus this one's, mm, and whether
+    # that is too small to tell the sides apart (then also doubtful).
+    side_gap_mm: float = float("nan")
+    side_uncertain: bool = False
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
@@ -107,6 +111,9 @@ class FitResult:
         if self.doubtful:
             label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body, "
                       "as when it misreads an unusual pose: check the fit")  # fmt: skip
+        if self.side_uncertain:
+            label += (f"; the other hand fits nearly as well ({self.side_gap_mm:.1f} mm farther from the scan): check that it "
+                      f"is a {self.body_name.rsplit('-', 1)[-1]} hand or force the side")  # fmt: skip
         return label
 
 
