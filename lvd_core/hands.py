@@ -21,8 +21,8 @@ EITHER_SIDE = {"anny-hand": ("anny-hand-left", "anny-hand-right")}
 # Held-out synthetic hands: the wrong side lies ~1 mm (50%) farther (benchmarks/results_hands.md); the sample
 # scans, which the hand network misreads on both sides, 2-35%.
 SIDE_MARGIN = 0.1
-PROFILE_SLICES = 48
-END_SLICES = 2  # slices at the scan's end that only graze it  # slices across the scan's longest axis for the cross-section profile
+PROFILE_SLICES = 48  # slices across the scan's longest axis for the cross-section profile
+END_SLICES = 2  # slices at the scan's end that only graze it
 # A slice is round (forearm) when its cross-section's minor spread is at least this share of its major one;
 # a palm or flat fingers are about 0.3, forearms 0.6-0.9.
 ROUND_ASPECT = 0.5
@@ -33,6 +33,9 @@ PALM_WIDENING = 1.3
 MIN_FOREARM_RADII = 2.0
 # ... and only when its wrist is at least this share of the hand's widest spread (a finger is far thinner).
 FOREARM_TO_PALM = 0.45
+# The cut lies this many wrist radii past the narrowest slice into the hand: the hand network was trained on scans
+# ending 0-1 cm past the wrist joint, and on 30 synthetic forearms the narrowest slice lies 0.4 +- 0.8 cm before it.
+CUT_INTO_HAND = 0.35
 
 
 def cross_sections(points: np.ndarray, axis: np.ndarray, slices: int = PROFILE_SLICES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,7 +102,7 @@ def _forearm_from_end(centred: np.ndarray, direction: np.ndarray) -> tuple[np.nd
     length = (t[wrist] - t[0]) / radius
     if length < MIN_FOREARM_RADII or hand >= len(t) or radius < FOREARM_TO_PALM * np.nanmax(major[hand:]):
         return None
-    return arm_axis, -float(t[wrist]), float(length)
+    return arm_axis, -float(t[wrist] + CUT_INTO_HAND * radius), float(length)
 
 
 def without_forearm(scan: Scan, detect_size: bool = True) -> Scan:

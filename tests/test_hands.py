@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not (WEIGHTS_DIR / "anny-hand-scan" / "checkpoin
 
 
 def synthetic_hand(side: str, seed: int, forearm: bool = False, points: int = 10_000):
-    """(points (N, 3) turned at random, true vertices (V, 3) turned alike, forearm point count (the last ones))."""
+    """(points (N, 3) turned at random, true vertices (V, 3) turned alike, forearm point count (the last ones),
+    the wrist joint (3,) turned alike)."""
     body = load_body_model(f"anny-hand-{side}")
     rng = np.random.default_rng(seed)
     params = sample_params(body, rng, 1, BodySampling(families=("relaxed", "open")))
@@ -25,27 +26,31 @@ def synthetic_hand(side: str, seed: int, forearm: bool = False, points: int = 10
     if forearm:
         scan = with_forearm(body, scan, rng, sleeve_probability=0.0)
     turn = Rotation.random(random_state=seed).as_matrix()
-    return scan.points @ turn.T, scan.vertices_gt @ turn.T, scan.info.get("forearm_points", 0)
+    wrist = scan.joints_gt[body.joint_names.index(f"wrist.{side[0].upper()}")]
+    return scan.points @ turn.T, scan.vertices_gt @ turn.T, scan.info.get("forearm_points", 0), turn @ wrist
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_forearm_cropper_keeps_the_hand_and_drops_the_forearm(seed):
-    points, _, arm_points = synthetic_hand("left" if seed % 2 else "right", seed, forearm=True)
+    """The cut lies a little into the hand (where the network's training scans end): only points near the wrist go."""
+    points, _, arm_points, wrist = synthetic_hand("left" if seed % 2 else "right", seed, forearm=True)
     direction, position = forearm_cut(points)
     forearm = points @ direction > position
-    assert forearm[: len(points) - arm_points].mean() < 0.03
+    hand = slice(0, len(points) - arm_points)
+    assert forearm[hand].mean() < 0.08
+    assert np.linalg.norm(points[hand][forearm[hand]] - wrist, axis=1).max(initial=0) < 0.05  # metres
     assert forearm[len(points) - arm_points :].mean() > 0.85
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_a_hand_without_forearm_is_left_whole(seed):
-    points, _, _ = synthetic_hand("right" if seed % 2 else "left", seed)
+    points, _, _, _ = synthetic_hand("right" if seed % 2 else "left", seed)
     assert forearm_cut(points) is None
 
 
 def test_without_forearm_finds_the_units_a_forearm_hid():
     """A 45 cm hand-and-forearm passes for a hand in no unit; the cropped hand is in millimetres again."""
-    points, _, _ = synthetic_hand("right", 5, forearm=True)
+    points, _, _, _ = synthetic_hand("right", 5, forearm=True)
     scan = load_scan((points * 1000, None), kind="hand")
     assert scan.units == "unitless"
     cropped = without_forearm(scan)
@@ -56,7 +61,7 @@ def test_without_forearm_finds_the_units_a_forearm_hid():
 
 def test_without_forearm_keeps_a_mesh_whole():
     """Faces survive the crop re-indexed onto the kept vertices."""
-    points, _, _ = synthetic_hand("left", 6, forearm=True, points=3000)
+    points, _, _, _ = synthetic_hand("left", 6, forearm=True, points=3000)
     from scipy.spatial import Delaunay
 
     faces = Delaunay(points[:, :2]).simplices  # any valid triangles over the points
@@ -88,7 +93,7 @@ def test_choose_side_keeps_the_fit_closest_to_the_scan():
 @pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_anny_hand_picks_the_scans_side(side):
-    points, truth, _ = synthetic_hand(side, 11)
+    points, truth, _, _ = synthetic_hand(side, 11)
     result = fit_scan(points, None, body="anny-hand", units="m")
     assert result.body_name == f"anny-hand-{side}"
     assert np.linalg.norm(result.vertices_input - truth, axis=1).mean() < 0.008
@@ -98,7 +103,7 @@ def test_anny_hand_picks_the_scans_side(side):
 def test_a_forced_side_is_fitted_alone(monkeypatch):
     """anny-hand-right on a left hand: the right hand it asked for, without trying the other side."""
     monkeypatch.setattr(hands, "fit_both_sides", lambda *a, **k: pytest.fail("both sides fitted"))
-    points, _, _ = synthetic_hand("left", 12)
+    points, _, _, _ = synthetic_hand("left", 12)
     assert fit_scan(points, None, body="anny-hand-right", units="m").body_name == "anny-hand-right"
 
 
@@ -107,7 +112,7 @@ def test_a_forearm_barely_moves_the_fit():
     """The same hand with and without a 20-30 cm forearm: the forearm is cropped, the fits agree."""
     errors = []
     for forearm in (False, True):
-        points, truth, _ = synthetic_hand("right", 13, forearm=forearm)
+        points, truth, _, _ = synthetic_hand("right", 13, forearm=forearm)
         result = fit_scan(points, None, body="anny-hand-right", units="m")
         errors.append(np.linalg.norm(result.vertices_input - truth, axis=1).mean())
     without, with_arm = errors
