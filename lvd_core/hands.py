@@ -4,7 +4,7 @@ Handedness: `anny-hand` fits both the left and the right hand model and keeps th
 closer to the scan (`choose_side`); `anny-hand-left` / `anny-hand-right` force a side.
 Forearms: `forearm_cut` finds, from the scan's shape alone, a forearm beyond the wrist (a long, round,
 tapering part at one end of the scan's longest axis, ending where the hand widens into the palm) and
-`without_forearm` drops it, so the network reads a hand as it was trained on (ending at the wrist).
+`without_forearm` drops it, so the network reads a hand as it was trained on (ending at, or just past, the wrist).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def cross_sections(points: np.ndarray, axis: np.ndarray, slices: int = PROFILE_S
 def forearm_run(major: np.ndarray, minor: np.ndarray) -> tuple[int, int]:
     """From slice 0 on: the forearm's slices (round) up to the wrist, the narrowest, before the hand starts: a
     slice widened past PALM_WIDENING times the wrist or a flat one (palm, fingers). The first END_SLICES slices
-    with points are skipped (a cut's rim, a cap). -> (wrist slice, first hand slice); from a hand's end the wrist comes
-    out at once, too close to pass for a forearm."""
+    with points are skipped (a cut's rim, a cap). -> (wrist slice, first hand slice); from a hand's end the
+    wrist comes out at once, too close to pass for a forearm."""
     narrowest = None
     for s in np.flatnonzero(~np.isnan(major))[END_SLICES:]:
         flat = minor[s] < ROUND_ASPECT * major[s]
@@ -70,9 +70,9 @@ def forearm_run(major: np.ndarray, minor: np.ndarray) -> tuple[int, int]:
 
 
 def forearm_cut(points: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Where a forearm joins the hand in points (N, 3): (unit direction from the hand towards the elbow (3,),
-    the wrist's position along it), so points with `points @ direction > position` are forearm; None when the
-    scan shows none. Both ends of the scan's longest axis are tried; the longer forearm (in wrist radii) wins."""
+    """Where to cut a forearm off the hand in points (N, 3): (unit direction from the hand towards the elbow (3,),
+    the cut's position along it, CUT_INTO_HAND past the wrist), so points with `points @ direction > position`
+    go; None when the scan shows no forearm. Both ends of the scan's longest axis are tried; the longer forearm (in wrist radii) wins."""
     points = np.asarray(points, dtype=np.float64)
     centre = points.mean(0)
     centred = points - centre
