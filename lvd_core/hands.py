@@ -143,8 +143,8 @@ def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **optio
 
 def choose_side(outcomes: tuple):
     """Of one scan's fits with each side's model, the one whose body lies closest to the scan (the smallest
-    residual_mm, as facings are chosen), its timings those of both fits, marked side_uncertain (and doubtful)
-    when the other lies less than SIDE_MARGIN farther; the first outcome when the scan could not be fitted."""
+    residual_mm, as facings are chosen), its timings those of both fits, marked side_uncertain when the other
+    lies less than SIDE_MARGIN farther; the first outcome when the scan could not be fitted."""
     fits = sorted((outcome for outcome in outcomes if not isinstance(outcome, Exception)), key=lambda fit: fit.residual_mm)
     if not fits:
         return outcomes[0]
@@ -153,8 +153,7 @@ def choose_side(outcomes: tuple):
     if len(fits) == 1:
         return replace(best, timings=timings)
     gap = fits[1].residual_mm - best.residual_mm
-    uncertain = gap < SIDE_MARGIN * best.residual_mm
-    return replace(best, timings=timings, side_gap_mm=gap, side_uncertain=uncertain, doubtful=best.doubtful or uncertain)
+    return replace(best, timings=timings, side_gap_mm=gap, side_uncertain=gap < SIDE_MARGIN * best.residual_mm)
 
 
 def fit_either_side(sources: list, sides: tuple[str, str], progress=None, **options) -> list:

@@ -99,14 +99,14 @@ class FitResult:
     disagreement_mm: float = float("nan")
     doubtful: bool = False
     # Hands whose side was chosen (lvd_core.hands): the other side's residual minus this one's, mm, and whether
-    # that is too small to tell the sides apart (then also doubtful).
+    # that is too small to tell the sides apart (check the side).
     side_gap_mm: float = float("nan")
     side_uncertain: bool = False
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
         if short:
-            return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful else "")
+            return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful or self.side_uncertain else "")
         label = f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
         if self.doubtful:
             label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body, "
@@ -316,8 +316,8 @@ def fit_scans(
     FitCancelled.
     """
     if body in EITHER_SIDE:  # hands of either side: both fitted, the one the scan supports kept
-        options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder, device=device,
-                       iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
+        options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder,
+                       device=device, iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
         return fit_either_side(sources, EITHER_SIDE[body], progress, **options)
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)

@@ -81,10 +81,12 @@ def test_choose_side_keeps_the_fit_closest_to_the_scan():
     chosen = choose_side((fit("anny-hand-left", 3.4), fit("anny-hand-right", 4.1)))
     assert chosen.body_name == "anny-hand-left"
     assert chosen.timings == {"lvd": 4.0, "fit": 2.0}  # both sides' cost
-    assert chosen.side_gap_mm == pytest.approx(0.7) and not chosen.side_uncertain and not chosen.doubtful
+    assert chosen.side_gap_mm == pytest.approx(0.7) and not chosen.side_uncertain
+    assert "check" not in chosen.quality_label(short=True)
     close = choose_side((fit("anny-hand-left", 4.0), fit("anny-hand-right", 3.9)))
-    assert close.body_name == "anny-hand-right" and close.side_uncertain and close.doubtful
-    assert "check that it is a right hand" in close.quality_label()
+    assert close.body_name == "anny-hand-right" and close.side_uncertain
+    assert "check that it is a right hand" in close.quality_label() and "network" not in close.quality_label()
+    assert close.quality_label(short=True).endswith(", check")
     assert choose_side((ValueError("bad"), fit("anny-hand-right", 4.1))).body_name == "anny-hand-right"
     error = ValueError("unreadable")
     assert choose_side((error, error)) is error
