@@ -18,8 +18,8 @@ from .inputs.scan import Scan, detect_units
 # Bodies whose side is chosen per scan, and the side-specific bodies tried.
 EITHER_SIDE = {"anny-hand": ("anny-hand-left", "anny-hand-right")}
 # The side is uncertain when the other side's residual exceeds the chosen one's by less than this share of it.
-# Held-out synthetic hands: the wrong side lies ~1 mm (50%) farther (benchmarks/results_hands.md); the sample
-# scans, which the hand network misreads on both sides, 2-35%.
+# On 24 held-out synthetic hands the wrong side lay at least 10% farther (median 26%; benchmarks/results_hands.md);
+# on the sample scans, which the hand network misreads on both sides, 2% and 7% (flagged) and 35% (the wrong side).
 SIDE_MARGIN = 0.1
 PROFILE_SLICES = 48  # slices across the scan's longest axis for the cross-section profile
 END_SLICES = 2  # slices at the scan's end that only graze it
