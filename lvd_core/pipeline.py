@@ -24,6 +24,7 @@ from .checkpoints import CheckpointError, load_checkpoint
 from .descent import descend
 from .devices import pick_device
 from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
+from .hands import EITHER_SIDE, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
@@ -120,17 +121,24 @@ class FitResult:
     # Median distance from the fitted body's landmarks to the detected ones, mm in the model frame (NaN: none);
     # past LANDMARK_DOUBT_SHARE of the model's size, the fit is doubtful too.
     landmark_disagreement_mm: float = float("nan")
+    # Hands whose side was chosen (lvd_core.hands): the other side's residual minus this one's, mm, and whether
+    # that is too small to tell the sides apart (check the side).
+    side_gap_mm: float = float("nan")
+    side_uncertain: bool = False
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
         if short:
-            return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful else "")
+            return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful or self.side_uncertain else "")
         label = f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
         if self.doubtful:
             landmarks = "" if np.isnan(self.landmark_disagreement_mm) else (
                 f", the detected landmarks {self.landmark_disagreement_mm:.0f} mm")
             label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body"
                       f"{landmarks}, as when it misreads an unusual pose: check the fit")  # fmt: skip
+        if self.side_uncertain:
+            label += (f"; the other hand fits nearly as well ({self.side_gap_mm:.1f} mm farther from the scan): check that it "
+                      f"is a {self.body_name.rsplit('-', 1)[-1]} hand or force the side")  # fmt: skip
         return label
 
 
@@ -323,6 +331,10 @@ def fit_scans(
     it unfittable: one bad scan does not stop the others. Problems of the options (body model, checkpoint)
     raise. Timings are those of the whole batch.
 
+    body "anny-hand" fits each scan with the left and the right hand and keeps the side lying closer to the scan
+    (lvd_core.hands; FitResult.body_name names it); "anny-hand-left" / "-right" force a side. Hand scans lose
+    their forearm, if any, before the fit (lvd_core.hands.without_forearm).
+
     facings: how many facings (about the up axis, evenly spaced) LVD tries. Bodies: with `landmarks`, a person
     detector on rendered views finds the person's facing (lvd_core.landmarks) and the facings start from it (1 by
     default); where it finds no person, or not surely (Landmarks.sure), FALLBACK_FACINGS by default, starting
@@ -332,6 +344,10 @@ def fit_scans(
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled.
     """
+    if body in EITHER_SIDE:  # hands of either side: both fitted, the one the scan supports kept
+        options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder,
+                       device=device, iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
+        return fit_either_side(sources, EITHER_SIDE[body], progress, **options)
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)
     torch_device = pick_device(device)
@@ -342,6 +358,8 @@ def fit_scans(
     for index, source in enumerate(sources):
         try:
             scans[index] = load_scan(source, units=units, up=up, kind=kind)
+            if kind == "hand":  # the network reads hands ending at the wrist
+                scans[index] = without_forearm(scans[index], detect_size=units is None)
         except ValueError as error:
             results[index] = error
     lap("load")
