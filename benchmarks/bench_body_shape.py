@@ -115,7 +115,8 @@ def synthetic_rows(body: BodyModel, realism: ScanRealism, label: str, n: int) ->
 def real_rows(body: BodyModel, preview_folder: Path) -> list[str]:
     from lvd_core.inputs.scan import load_scan
     from lvd_core.measurements import readable_phenotypes
-    from lvd_core.outputs import apply_matrix, zup_from_input
+    from lvd_core.inputs.frame import apply_transform
+    from lvd_core.outputs import zup_from_input
     from lvd_core.preview import render_preview
 
     path = SHARED / REAL_SCAN
@@ -127,7 +128,7 @@ def real_rows(body: BodyModel, preview_folder: Path) -> list[str]:
         with objective:
             result = pipeline.fit_scan(path, body="anny")
         to_zup = zup_from_input(result, body)  # metres, Z up
-        points, vertices = apply_matrix(to_zup, scan.points), apply_matrix(to_zup, result.vertices_input)
+        points, vertices = apply_transform(to_zup, scan.points), apply_transform(to_zup, result.vertices_input)
         readable = readable_phenotypes(body, result.params.to(dtype=body.dtype))[0]
         preview = render_preview(
             preview_folder / f"body_shape_real_{name}.png", scan_points=points, body_vertices=vertices,

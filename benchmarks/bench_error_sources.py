@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from lvd_core import pipeline  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
+from lvd_core.inputs.frame import apply_transform  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 
 PARTS = {  # joint-name prefixes of each part (Anny)
@@ -62,7 +63,7 @@ def distance_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fitted_joints(body, result) -> np.ndarray:
     """(J, 3) the fitted body's joints in the input frame."""
     joints = body(result.params).joints[0].detach().double().numpy()
-    return pipeline.apply_transform(result.input_from_model, joints)
+    return apply_transform(result.input_from_model, joints)
 
 
 def hand_rows(body, owners: np.ndarray, scans: list, results: list) -> list[float]:

@@ -201,7 +201,7 @@ def _fit(items: list[Item], settings: FitSettings, device: str, progress, cancel
         image = core("inputs.image")
         rgb = image.load_image(inputs["path"]) if "path" in inputs else image.from_blender_pixels(inputs["pixels"], *inputs["size"])
         body = "anny" if settings.body_model == "auto" else settings.body_model
-        result = pipeline().fit_photo(rgb, inputs["mask"], body=body, **options)
+        result = core("photo").fit_photo(rgb, inputs["mask"], body=body, **options)
         return [_photo_outcome(result, inputs, settings, rgb.shape[1::-1])]
     outcomes: list = [None] * len(items)
     for body in dict.fromkeys(item.inputs["body"] for item in items):
@@ -241,7 +241,7 @@ def _photo_outcome(result, inputs: dict, settings: FitSettings, image_size: tupl
     with a camera that sees it as the photo does."""
     description = _description(result, settings)
     zup = description["model_to_zup"]
-    vertices_zup = apply(zup @ np.linalg.inv(result.input_from_model), result.vertices_input)
+    vertices_zup = core("inputs.frame").apply_transform(zup @ np.linalg.inv(result.input_from_model), result.vertices_input)
     frame = inputs["placement"] @ scaled_about(np.zeros(3), 1.0 / settings.metres_per_unit)
     frame = frame @ translation(-bottom_centre(vertices_zup)) @ zup
     camera = photo_camera(frame @ np.linalg.inv(result.input_from_model), result.crop.transform, image_size)
@@ -259,12 +259,8 @@ def photo_camera(world_from_photo: np.ndarray, crop, image_size: tuple[int, int]
     centre_photo = np.array([2.0 * centre[0] / crop.size - 1.0, 1.0 - 2.0 * centre[1] / crop.size, 0.0])
     view_size = max(width, height) * 2.0 * crop.scale / crop.size * units_per_photo_unit
     matrix = rigid.copy()
-    matrix[:3, 3] = apply(world_from_photo, centre_photo[None])[0] + rigid[:3, 2] * 2.0 * view_size
+    matrix[:3, 3] = core("inputs.frame").apply_transform(world_from_photo, centre_photo[None])[0] + rigid[:3, 2] * 2.0 * view_size
     return {"matrix": matrix, "ortho_scale": view_size, "clip_end": 4.0 * view_size, "resolution": (width, height)}
-
-
-def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def translation(offset) -> np.ndarray:

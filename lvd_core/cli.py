@@ -78,14 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     fitting = argparse.ArgumentParser(add_help=False)
     group = fitting.add_argument_group("fitting")
-    group.add_argument("--body", default="anny", choices=BODY_MODEL_NAMES, help="body model to fit (default: anny)")
-    group.add_argument("--model-file", metavar="PATH", help="the SMPL / MANO model file (licensed, not shipped)")
+    group.add_argument("--body", default="anny", choices=BODY_MODEL_NAMES,
+                       help="body model to fit (default: anny). anny-hand fits the left and the right hand and keeps the closer "
+                            "(anny-hand-left / -right force a side); smpl, smplx and mano without --weights are fitted to "
+                            "Anny's fit (the skeletons by joint name, then the surfaces)")  # fmt: skip
+    group.add_argument("--model-file", metavar="PATH", help="the SMPL / SMPL-X / MANO model file (licensed, not shipped)")
     group.add_argument("--weights", metavar="PATH", help="scan network checkpoint (default: the one shipped for --body)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available")
     group.add_argument("--units", choices=("m", "cm", "mm"), help="the scan's units (default: detected from its size)")
     group.add_argument("--up", choices=("y", "z"), help="the scan's up axis (default: detected)")
     group.add_argument("--no-refine", dest="refine", action="store_false", help="skip the refinement against the scan surface or the photo's person mask (faster)")
     group.add_argument("--iterations", type=positive_int, metavar="N", help="LVD descent iterations (default: 10)")
+    group.add_argument("--facings", type=positive_int, metavar="N",
+                       help="facings about the up axis LVD tries (default: bodies 1 from the person's facing the landmarks "
+                            "find, 4 when no person is found; hands 4, each also upside down)")  # fmt: skip
+    group.add_argument("--no-landmarks", dest="landmarks", action="store_false",
+                       help="skip the person detector on rendered views of body scans (their facing is then assumed: "
+                            "+Z in a Y-up file, -Y in a Z-up one)")  # fmt: skip
     group.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
     group.add_argument("--no-export", dest="export", action="store_false", help="skip the rigged .glb/.fbx (needs Blender's bpy)")
     group.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True, help="write <name>_preview.png")
@@ -161,8 +170,8 @@ def positive_int(text: str) -> int:
 
 
 def fit_settings(args) -> FitSettings:
-    options = dict(body=args.body, device=args.device, units=args.units, up=args.up, refine=args.refine)
-    optional = dict(model_path=args.model_file, weights=args.weights, iterations=args.iterations)
+    options = dict(body=args.body, device=args.device, units=args.units, up=args.up, refine=args.refine, landmarks=args.landmarks)
+    optional = dict(model_path=args.model_file, weights=args.weights, iterations=args.iterations, facings=args.facings)
     options.update({name: value for name, value in optional.items() if value is not None})
     return FitSettings(args.out, options, args.export, args.preview)
 
@@ -186,13 +195,18 @@ def check_setup(options: dict, sources: list[Path]):
 
 def weights_path(kind: str, options: dict) -> Path:
     """The network checkpoint a fit of this kind ("scan" or "photo") uses with these options."""
+    from .body import load_body_model
     from .pipeline import resolve_weights
+    from .transfer import TRANSFERRED_BODIES, source_model
 
+    body, weights = options["body"], options.get("weights")
+    if weights is None and body in TRANSFERRED_BODIES:  # fitted through Anny's network (lvd_core.transfer)
+        body = source_model(load_body_model(body, options.get("model_path")))
     if kind == "scan":
-        return resolve_weights(options["body"], options.get("weights"))
+        return resolve_weights(body, weights)
     from .photo import DEFAULT_PHOTO_WEIGHTS
 
-    return resolve_weights(options["body"], options.get("weights"), defaults=DEFAULT_PHOTO_WEIGHTS, kind="photo",
+    return resolve_weights(body, weights, defaults=DEFAULT_PHOTO_WEIGHTS, kind="photo",
                            no_default="fit photos with body 'anny'")  # fmt: skip
 
 
@@ -230,8 +244,9 @@ def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
     options = settings.fit_options
     if is_photo(source):
         from .inputs.image import given_mask
+        from .photo import fit_photo
 
-        result = pipeline.fit_photo(source, given_mask(source), **options)
+        result = fit_photo(source, given_mask(source), **options)
         return result, write_outputs(source, stem, settings, result)
     scan = load_input_scan(source, options)
     result = pipeline.fit_scan(scan, **options)
@@ -292,9 +307,9 @@ def check_residual(result, body) -> None:
     import numpy as np
 
     from .inputs.scan import ScanError
-    from .outputs import apply_matrix
+    from .inputs.frame import apply_transform
 
-    model_vertices = apply_matrix(np.linalg.inv(result.input_from_model), result.vertices_input)
+    model_vertices = apply_transform(np.linalg.inv(result.input_from_model), result.vertices_input)
     size_mm = 1000 * float(np.ptp(model_vertices, axis=0).max())
     if not result.residual_mm <= MAX_RESIDUAL_SHARE * size_mm:  # also NaN
         raise ScanError(f"the fit is off: the scan lies {result.residual_mm:.0f} mm (median) from a {size_mm:.0f} mm body; "

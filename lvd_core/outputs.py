@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .body import BodyModel, load_body_model
-from .inputs.frame import QUARTER_TURNS
+from .inputs.frame import QUARTER_TURNS, apply_transform
 from .inputs.scan import METRES_PER_UNIT
 from .measurements import fit_description
 from .pipeline import FitResult
@@ -46,10 +46,6 @@ def zup_from_input(result: FitResult, body: BodyModel) -> np.ndarray:
     matrix = np.eye(4)
     matrix[:3, :3] = METRES_PER_UNIT.get(result.units, 1.0) * QUARTER_TURNS[(input_up_axis(result, body), "z")]
     return matrix
-
-
-def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return np.asarray(points, dtype=np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def params_summary(result: FitResult, body: BodyModel) -> dict:
@@ -235,7 +231,7 @@ def write_preview(path: Path, result: FitResult, body: BodyModel, scan_points: n
     from .preview import render_photo_preview, render_preview
 
     to_zup = zup_from_input(result, body)
-    body_zup = apply_matrix(to_zup, result.vertices_input)
+    body_zup = apply_transform(to_zup, result.vertices_input)
     label = f"{title}: {result.body_name}, {result.quality_label(short=True)}"
     crop = getattr(result, "crop", None)
     if crop is not None:
@@ -245,7 +241,7 @@ def write_preview(path: Path, result: FitResult, body: BodyModel, scan_points: n
         return render_photo_preview(path, crop.image, crop.mask, covered, body_zup, body.faces, title=label)
     return render_preview(
         path,
-        scan_points=None if scan_points is None else apply_matrix(to_zup, scan_points),
+        scan_points=None if scan_points is None else apply_transform(to_zup, scan_points),
         body_vertices=body_zup,
         body_faces=body.faces,
         title=label,

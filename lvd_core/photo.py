@@ -31,10 +31,12 @@ from .fit import FitOptions, fit_to_vertices, refine_with_pairs
 from .inputs.image import PersonCrop, crop_person, load_image, load_mask, network_image
 from .inputs.person_mask import NoPersonError, find_person
 from .nets.compact_image import PERSON_UNITS, CompactImageLVD, photo_axes
+from .inputs.frame import apply_transform
 from .pipeline import (
-    FitResult, InputError, StageTimer, apply_transform, held_extremities, load_network, report_progress, resolve_weights,
+    FitResult, InputError, StageTimer, held_extremities, load_network, report_progress, resolve_weights,
 )
 from .synth.renders import rasterize
+from .transfer import TRANSFERRED_BODIES, source_model, transferred
 
 __all__ = ["fit_photo", "silhouette_iou", "PhotoFitResult", "NoPersonError", "person_mask"]
 
@@ -169,6 +171,11 @@ def fit_photo(
     FitCancelled. Raises NoPersonError when no person is found, ImageInputError / InputError /
     CheckpointError (all ValueError) with a one-line message for unusable input.
     """
+    if weights is None and body in TRANSFERRED_BODIES:  # no network of its own: Anny's fit, then the user's model to it
+        target = load_body_model(body, ignored.get("model_path"))
+        anny = fit_photo(image, mask, body=source_model(target), checkpoint_folder=checkpoint_folder, device=device,
+                         iterations=iterations, refine=refine, progress=progress, cancel=cancel)  # fmt: skip
+        return transferred([anny], target)[0]
     lap = StageTimer()
     report_progress(progress, 0.0, "finding the person", cancel)
     rgb = load_image(image)

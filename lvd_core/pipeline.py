@@ -25,12 +25,13 @@ from .descent import descend
 from .devices import pick_device
 from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
 from .hands import EITHER_SIDE, fit_either_side, without_forearm
-from .inputs.frame import QUARTER_TURNS, NormalizedFrame, normalize
+from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
 from .landmarks.detect import INDEX, Landmarks
 from .nets.compact import CompactScanLVD
 from .resources import weights_dir
+from .transfer import TRANSFERRED_BODIES, source_model, transferred
 from .synth.poses import relaxed_finger_pose
 
 WEIGHTS_DIR = weights_dir()
@@ -224,10 +225,6 @@ def neutral_size(body: BodyModel) -> float:
     return float(extent.max() if body_kind(body) == "hand" else extent["xyz".index(body.up_axis)])
 
 
-def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # LVD
 
@@ -348,6 +345,12 @@ def fit_scans(
         options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder,
                        device=device, iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
         return fit_either_side(sources, EITHER_SIDE[body], progress, **options)
+    if weights is None and body in TRANSFERRED_BODIES:  # no network of its own: Anny's fit, then the user's model to it
+        target = load_body_model(body, model_path)
+        anny = fit_scans(sources, body=source_model(target), units=units, up=up, checkpoint_folder=checkpoint_folder,
+                         device=device, iterations=iterations, facings=facings, refine=refine, landmarks=landmarks,
+                         progress=progress, cancel=cancel)  # fmt: skip
+        return transferred(anny, target)
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)
     torch_device = pick_device(device)
@@ -606,9 +609,3 @@ def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
 
     return float(np.median(cKDTree(target).query(source, k=1)[0]))
 
-
-def fit_photo(image, mask=None, **options) -> FitResult:
-    """Fit the body to a photo (lvd_core.photo: person mask, the paper's crop, the image network, the fit)."""
-    from .photo import fit_photo as fit
-
-    return fit(image, mask, **options)

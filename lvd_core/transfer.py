@@ -25,7 +25,7 @@ from torch import Tensor
 from .body import BodyModel, BodyParams
 from .body.base import BodyOutput, axis_angle_to_matrix, global_rotations, matrix_to_axis_angle, posed_joints
 from .fit import FitOptions, FitResult, LandmarkTargets, kabsch, refine_with_pairs
-from .inputs.frame import QUARTER_TURNS
+from .inputs.frame import QUARTER_TURNS, apply_transform
 
 if TYPE_CHECKING:
     from .pipeline import FitResult as ScanFitResult
@@ -66,6 +66,8 @@ LOOSE_JOINTS = {"left_foot", "right_foot", "left_hand", "right_hand", "left_coll
                 "left_eye_smplhf", "right_eye_smplhf"}  # fmt: skip
 LOOSE_WEIGHT = 0.25
 SOURCE_MODELS = {"smpl": "anny", "smplx": "anny", "mano-right": "anny-hand-right", "mano-left": "anny-hand-left"}
+# Body models fitted through Anny when no network of their own is given ("mano" takes its side from its file).
+TRANSFERRED_BODIES = (*SOURCE_MODELS, "mano")
 
 
 def source_model(target: BodyModel) -> str:
@@ -317,7 +319,6 @@ def transfer_result(result: "ScanFitResult", target_body: BodyModel, options: Tr
     residual_mm, disagreement_mm, doubtful and the lvd_* fields still describe the Anny fit the transfer started
     from (the network's vertices are Anny's); timings gain "transfer"."""
     from .body import load_body_model
-    from .pipeline import apply_transform
 
     source_body = load_body_model(result.body_name, device=target_body.device, dtype=target_body.dtype)
     params, vertices, report = transfer_fit(source_body, result.params.to(target_body.device, target_body.dtype), target_body, options)
@@ -374,3 +375,8 @@ def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     nearest = cKDTree(sample).query(points, k=1)[1]
     face = nearest // samples_per_face
     return np.abs(((points - sample[nearest]) * normals[face]).sum(1))
+
+
+def transferred(results: list, target_body: BodyModel) -> list:
+    """Pipeline results of Anny fits (or the errors in their place) as fits of `target_body` (transfer_result)."""
+    return [result if isinstance(result, Exception) else transfer_result(result, target_body)[0] for result in results]

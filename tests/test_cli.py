@@ -102,13 +102,14 @@ def test_rigged_glb_lines_up_with_the_fitted_mesh(sample_fit):
     from blender_support import evaluated_world_vertices, reset_scene
 
     import bpy
-    from lvd_core.outputs import apply_matrix, zup_from_input
+    from lvd_core.inputs.frame import apply_transform
+    from lvd_core.outputs import zup_from_input
 
     _, out, result = sample_fit
     reset_scene()
     bpy.ops.import_scene.gltf(filepath=str(out / "sample_scan.glb"))
     body_obj = max((o for o in bpy.data.objects if o.type == "MESH"), key=lambda o: len(o.data.vertices))
-    expected = apply_matrix(zup_from_input(result, load_body_model("anny")), result.vertices_input)
+    expected = apply_transform(zup_from_input(result, load_body_model("anny")), result.vertices_input)
     np.testing.assert_allclose(evaluated_world_vertices(body_obj), expected, atol=1e-4)
 
 

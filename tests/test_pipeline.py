@@ -10,7 +10,8 @@ from lvd_core.body import BodyModelError, load_body_model
 from lvd_core.checkpoints import CheckpointError
 from lvd_core.inputs.image import ImageInputError
 from lvd_core.inputs.scan import ScanError, load_scan
-from lvd_core.pipeline import WEIGHTS_DIR, FitCancelled, InputError, fit_photo, fit_scan, fit_scans
+from lvd_core.photo import fit_photo
+from lvd_core.pipeline import WEIGHTS_DIR, FitCancelled, InputError, fit_scan, fit_scans
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params, to_file_frame
 
 # The bound: the fitted body lies on an unclothed scan of known parameters to under 1 cm on average

@@ -114,7 +114,8 @@ def test_joint_regressor_follows_the_shapes():
 def test_posed_shaped_anny_transfers_to_body_standin(kind, family, standin_files):
     """A pipeline result of an Anny fit (scan in cm, Y-up) becomes the target's, in the same input frame."""
     from lvd_core.inputs.frame import QUARTER_TURNS
-    from lvd_core.pipeline import FitResult, apply_transform
+    from lvd_core.inputs.frame import apply_transform
+    from lvd_core.pipeline import FitResult
 
     source = load_body_model("anny")
     target = load_body_model(kind, standin_files[kind])
@@ -164,3 +165,39 @@ def test_smplx_file_problems_are_one_line_messages(standin_files, tmp_path):
         load_body_model("smplx", standin_files["smpl"])
     with pytest.raises(BodyModelError, match="SMPL-X model file not found"):
         load_body_model("smplx", tmp_path / "SMPLX_NEUTRAL.npz")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["smplx", "mano-left"])
+def test_lvd_fit_without_weights_fits_the_users_model_through_anny(kind, standin_files, tmp_path):
+    """`lvd fit --body smplx|mano --model-file F` with no network of its own: Anny's fit, transferred."""
+    import json
+
+    from lvd_core.cli import SAMPLE_SCAN, main
+
+    if kind == "smplx":
+        source, body_option = SAMPLE_SCAN, "smplx"
+    else:  # a left Anny hand written as a scan: "mano" takes its side from the file name
+        hand = load_body_model("anny-hand-left")
+        source = tmp_path / "hand.ply"
+        import trimesh
+
+        trimesh.Trimesh(hand(hand.zero_params(1)).vertices[0].numpy(), hand.faces).export(source)
+        body_option = "mano"
+    out = tmp_path / "out"
+    code = main(["fit", str(source), "--body", body_option, "--model-file", str(standin_files[kind]), "--out", str(out),
+                 "--no-export", "--no-preview"])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / f"{source.stem}.json").read_text())
+    target = load_body_model(kind, standin_files[kind])
+    assert record["body_model"] == target.name and list(record["joint_pose"]) == target.joint_names[1:]
+    assert "transfer" in record["timings"]
+    fitted = np.load(out / f"{source.stem}.npz")["vertices_input"]
+    assert fitted.shape == (target.vertex_count, 3)
+    # On the scan: the transferred body's vertices lie within a few percent of its size from the scan's surface.
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    scan_points = np.asarray(trimesh.load(source, process=False).vertices)
+    size = np.ptp(scan_points, axis=0).max()
+    assert cKDTree(scan_points).query(fitted)[0].mean() < 0.03 * size

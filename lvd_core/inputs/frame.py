@@ -104,3 +104,8 @@ def normalize(scan: Scan, *, up_out: str = "z", height: float | None = 1.0, cent
         translation = -scale * (rotation @ box_centre)
     metres_per_canonical = None if metres_per_unit is None else metres_per_unit / scale
     return NormalizedFrame(rotation, float(scale), translation, scan.units, scan.up, up_out, metres_per_canonical)
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(4, 4) matrix applied to points (N, 3), in float64."""
+    return np.asarray(points, dtype=np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
