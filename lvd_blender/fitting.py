@@ -7,6 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import bpy
 import numpy as np
@@ -44,7 +45,7 @@ class FitSettings:
     @staticmethod
     def from_context(context, preferences) -> "FitSettings":
         settings = context.scene.lvd
-        model_path = {"SMPL": preferences.smpl_path, "MANO": preferences.mano_path}.get(settings.body_model)
+        model_path = {"SMPL": preferences.smpl_path, "SMPLX": preferences.smplx_path, "MANO": preferences.mano_path}.get(settings.body_model)
         return FitSettings(
             body_model=BODY_MODELS[settings.body_model],
             model_path=bpy.path.abspath(model_path) if model_path else None,
@@ -168,8 +169,9 @@ def _given_mask(photo_path: str) -> str | None:
 
 # -- worker thread: the fit -------------------------------------------------------------------------------
 def pipeline():
-    """lvd_core's fit pipeline (tests replace this function with a fake)."""
-    return core("pipeline")
+    """lvd_core's fits: fit_scans (lvd_core.pipeline) and fit_photo (lvd_core.photo); tests replace this
+    function with a fake."""
+    return SimpleNamespace(fit_scans=core("pipeline").fit_scans, fit_photo=core("photo").fit_photo)
 
 
 def fit_group(items: list[Item], settings: FitSettings, progress, cancel) -> list:
@@ -201,7 +203,7 @@ def _fit(items: list[Item], settings: FitSettings, device: str, progress, cancel
         image = core("inputs.image")
         rgb = image.load_image(inputs["path"]) if "path" in inputs else image.from_blender_pixels(inputs["pixels"], *inputs["size"])
         body = "anny" if settings.body_model == "auto" else settings.body_model
-        result = core("photo").fit_photo(rgb, inputs["mask"], body=body, **options)
+        result = pipeline().fit_photo(rgb, inputs["mask"], body=body, **options)
         return [_photo_outcome(result, inputs, settings, rgb.shape[1::-1])]
     outcomes: list = [None] * len(items)
     for body in dict.fromkeys(item.inputs["body"] for item in items):

@@ -26,7 +26,7 @@ def preferences(context):
 
 
 def model_file_problem(kind: str, path: str) -> str:
-    """'' when `path` loads as the `kind` ("smpl" / "mano") body model, else the one-line reason."""
+    """'' when `path` loads as the `kind` ("smpl" / "smplx" / "mano") body model, else the one-line reason."""
     if not path:
         return f"{kind.upper()} needs its model file: set it in the LVD add-on preferences"
     if not torch_available():
@@ -79,6 +79,9 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
     smpl_path: StringProperty(name="SMPL File", subtype="FILE_PATH", update=_check_model_file("smpl"),
                               description="Your SMPL model file (.pkl or .npz from smpl.is.tue.mpg.de)")  # fmt: skip
     smpl_problem: StringProperty(default="SMPL needs its model file: set it in the LVD add-on preferences")
+    smplx_path: StringProperty(name="SMPL-X File", subtype="FILE_PATH", update=_check_model_file("smplx"),
+                               description="Your SMPL-X model file (SMPLX_NEUTRAL.npz from smpl-x.is.tue.mpg.de)")  # fmt: skip
+    smplx_problem: StringProperty(default="SMPL-X needs its model file: set it in the LVD add-on preferences")
     mano_path: StringProperty(name="MANO File", subtype="FILE_PATH", update=_check_model_file("mano"),
                               description="Your MANO model file (MANO_RIGHT.pkl from mano.is.tue.mpg.de)")  # fmt: skip
     mano_problem: StringProperty(default="MANO needs its model file: set it in the LVD add-on preferences")
@@ -105,7 +108,7 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
 
     def draw(self, context):
         layout = self.layout
-        for kind in ("smpl", "mano"):
+        for kind in ("smpl", "smplx", "mano"):
             layout.prop(self, f"{kind}_path")
             problem = getattr(self, f"{kind}_problem")
             if getattr(self, f"{kind}_path") and problem:

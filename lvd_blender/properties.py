@@ -4,10 +4,10 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 # UI identifier -> lvd_core body model name ("auto": chosen per scan by lvd_blender.fitting.scan_body_model).
-BODY_MODELS = {"AUTO": "auto", "ANNY": "anny", "ANNY_HAND": "anny-hand", "SMPL": "smpl", "MANO": "mano"}
+BODY_MODELS = {"AUTO": "auto", "ANNY": "anny", "ANNY_HAND": "anny-hand", "SMPL": "smpl", "SMPLX": "smplx", "MANO": "mano"}
 # UI identifier -> the units lvd_core reads a scan in (None: from its size).
 SCAN_UNITS = {"AUTO": None, "M": "m", "CM": "cm", "MM": "mm"}
-LICENSED_BODY_MODELS = ("SMPL", "MANO")  # need the user's own model file (set in the preferences)
+LICENSED_BODY_MODELS = ("SMPL", "SMPLX", "MANO")  # need the user's own model file (set in the preferences)
 
 
 class LVD_PG_settings(bpy.types.PropertyGroup):
@@ -25,8 +25,9 @@ class LVD_PG_settings(bpy.types.PropertyGroup):
             ("AUTO", "Auto", "Anny Hand for a hand-sized scan (up to 35 cm across), else Anny Body; Anny Body for photos"),
             ("ANNY", "Anny Body", "Anny full body (open, ships with LVD)"),
             ("ANNY_HAND", "Anny Hand", "Anny hand (open, ships with LVD)"),
-            ("SMPL", "SMPL", "SMPL body (needs your SMPL model file, see the preferences)"),
-            ("MANO", "MANO", "MANO hand (needs your MANO model file, see the preferences)"),
+            ("SMPL", "SMPL", "SMPL body fitted to the Anny fit (needs your SMPL model file, see the preferences)"),
+            ("SMPLX", "SMPL-X", "SMPL-X body fitted to the Anny fit (needs your SMPL-X model file, see the preferences)"),
+            ("MANO", "MANO", "MANO hand fitted to the Anny hand fit (needs your MANO model file, see the preferences)"),
         ],
     )
     scan_units: EnumProperty(

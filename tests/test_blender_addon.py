@@ -164,7 +164,7 @@ def test_panel_draws_progress_and_greys_licensed_models(addon):
     finally:
         wm.lvd_progress.running = False
     calls = [c[0] for c in layout.mock_calls]
-    assert "progress" in calls and calls.count("grid_flow().row().prop_enum") == 5
+    assert "progress" in calls and calls.count("grid_flow().row().prop_enum") == 6
     operators = [c.args[0] for c in layout.mock_calls if c[0].endswith("operator")]
     assert {"lvd.fit", "lvd.export"} <= set(operators)
     labels = " ".join(c.kwargs.get("text", "") for c in layout.mock_calls if c[0].endswith("label"))
