@@ -140,20 +140,22 @@ def build_cases(folder: Path, data: Path | None, marker: Path) -> list[tuple[str
 
 
 def run_case(arguments: list[str], out: Path) -> tuple[int, str, float, float]:
-    """(exit code, first stderr line, seconds, peak memory MB) of `lvd fit ARGUMENTS --out OUT --no-export`."""
+    """(exit code, message, seconds, peak memory MB) of `lvd fit ARGUMENTS --out OUT --no-export`; the message is
+    the error, else the first warning, else the fit's quality line."""
     if "--out" not in arguments:
         arguments = [*arguments, "--out", str(out)]
     command = [sys.executable, "-m", "lvd_core.cli", "fit", *arguments, "--no-export"]
     environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     started = time.perf_counter()
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, cwd=ROOT, env=environment)
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
-        errors.seek(0)
-        lines = [line for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
+        output.seek(0)
+        lines = [line for line in output.read().decode(errors="replace").splitlines() if line.strip()]
     code = os.waitstatus_to_exitcode(status)
-    message = next((line for line in lines if line.startswith("error:")), lines[0] if lines else "")
+    said = [line for prefix in ("error:", "warning:", "residual", "silhouette") for line in lines if line.startswith(prefix)]
+    message = said[0] if said else (lines[0] if lines else "")
     return code, message, seconds, usage.ru_maxrss / 1024
 
 
@@ -168,6 +170,7 @@ def main() -> None:
         for number, (case, kind, arguments) in enumerate(build_cases(folder, data, marker)):
             out = folder / f"out{number}"
             code, message, seconds, peak_mb = run_case(arguments, out)
+            message = message.replace(f"{folder}/", "").replace(f"{ROOT}/", "")  # paths as the case named them
             outputs = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
             normal_mb.setdefault(kind, peak_mb)  # each kind's first case is its normal fit
             rows.append((case, kind, code, message, seconds, peak_mb, outputs))
