@@ -95,6 +95,9 @@ def fit_on_ray(todo: list[tuple[int, Path, str]], settings: cli.FitSettings, arg
 
         gpus = settings.fit_options["device"] != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
         jobs = job_groups(todo, args.batch_size or (GPU_BATCH if gpus else 1))
+        largest_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+        if args.threads > largest_node:  # its workers would wait for ever
+            raise cli.UsageError(f"--threads {args.threads}: no node of the Ray cluster has that many CPUs (at most {largest_node:g})")
         slots = int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1) // (1 if gpus else args.threads))
         actor_class = ray.remote(FitWorker).options(
             num_cpus=args.threads, num_gpus=1 if gpus else 0,
@@ -140,7 +143,17 @@ def run_jobs(ray, workers: list, jobs: list[list[tuple[int, Path, str]]], debug:
         try:
             outcomes = ray.get(ready)
         except ray.exceptions.RayError as error:
-            message = f"the Ray worker died ({cli.one_line(error)})"
+            message = worker_death_note(error)
             outcomes = [(index, cli.Outcome(str(source), "failed", message=message)) for index, source, _ in job]
         for index, outcome in outcomes:
             report(index, outcome)
+
+
+def worker_death_note(error: Exception) -> str:
+    """Why a call ended without a result, in one line: Ray's message ends with the reason (the exception that
+    stopped the worker starting, or how its process ended)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    if getattr(error, "actor_init_failed", False):
+        return f"a Ray worker could not start: {reason} (every node needs lvd-core installed, the same version)"
+    return f"its Ray worker died ({RETRIES + 1} tries): {reason}"

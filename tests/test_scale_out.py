@@ -1,6 +1,7 @@
 """`lvd batch --ray`: the batch on a Ray cluster (a local one started here, 2 CPUs) gives the local batch's
-outputs, isolates a bad input, retries the call of a worker killed mid-fit and resumes on a rerun; Ray is
-imported only when --ray is given, and its absence is one line with the install command."""
+outputs, isolates a bad input, retries the call of a worker killed mid-fit, fails only the input that kills
+every worker, and resumes on a rerun; Ray is imported only when --ray is given, and its absence is one line
+with the install command. Worker deaths are injected by a Ray worker setup hook (kill_workers_on_marked_inputs)."""
 
 from __future__ import annotations
 
@@ -17,25 +18,28 @@ import pytest
 
 from lvd_core import cli
 from lvd_core.cli import SAMPLE_SCAN
+from lvd_core.scale_out import RETRIES
 
 from test_cli import run
 
 ray = pytest.importorskip("ray")
 
 FAST = ["--no-refine", "--no-export", "--no-preview", "--iterations", "2"]
-CRASH_PREFIX = "crash_once"  # inputs whose first fit kills its worker process (kill_first_fits_of_marked_inputs)
+# inputs whose first fit, or every fit, kills its worker process (kill_workers_on_marked_inputs)
+KILLED_ONCE, KILLED_ALWAYS = "killed_once", "killed_always"
 
 
-def kill_first_fits_of_marked_inputs() -> None:
-    """Ray's worker_process_setup_hook: a worker about to fit an input named crash_once* dies as if killed
-    (SIGKILL), the first time only (a marker file beside the input remembers)."""
+def kill_workers_on_marked_inputs() -> None:
+    """Ray's worker_process_setup_hook: a worker about to fit an input named killed_once dies as if killed
+    (SIGKILL) the first time (a marker file beside the input remembers), one about to fit killed_always every
+    time."""
     from lvd_core import cli as worker_cli
 
     fit_quietly = worker_cli.fit_quietly
 
     def fit_or_die(source, stem, settings, debug=False):
         marker = Path(source).with_suffix(".killed")
-        if Path(source).stem.startswith(CRASH_PREFIX) and not marker.exists():
+        if Path(source).stem == KILLED_ALWAYS or (Path(source).stem == KILLED_ONCE and not marker.exists()):
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return fit_quietly(source, stem, settings, debug)
@@ -52,7 +56,7 @@ def ray_cluster():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     source_root = str(Path(cli.__file__).resolve().parents[1])  # workers import the lvd_core under test
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             runtime_env={"env_vars": {"PYTHONPATH": source_root}, "worker_process_setup_hook": kill_first_fits_of_marked_inputs})  # fmt: skip
+             runtime_env={"env_vars": {"PYTHONPATH": source_root}, "worker_process_setup_hook": kill_workers_on_marked_inputs})  # fmt: skip
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -62,9 +66,10 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def first_run(ray_cluster, tmp_path_factory):
-    """Four inputs on the cluster: two scans, a scan whose first worker is killed, and a file that is no mesh."""
+    """Five inputs on the cluster: two scans, a scan whose first worker is killed, one that kills every worker
+    fitting it, and a file that is no mesh."""
     folder = tmp_path_factory.mktemp("scans")
-    for name in ("a.ply", "b.ply", f"{CRASH_PREFIX}.ply"):
+    for name in ("a.ply", "b.ply", f"{KILLED_ONCE}.ply", f"{KILLED_ALWAYS}.ply"):
         shutil.copy(SAMPLE_SCAN, folder / name)
     (folder / "bad.ply").write_text("not a mesh\n")
     out = tmp_path_factory.mktemp("out")
@@ -82,10 +87,11 @@ def summary_rows(stdout: str) -> dict[str, str]:
 def test_ray_batch_fits_good_inputs_and_lists_the_bad_one(first_run):
     folder, out, code, stdout, stderr = first_run
     assert code == cli.EXIT_FAILED, stderr
-    assert summary_rows(stdout) == {"a.ply": "fitted", "b.ply": "fitted", "bad.ply": "failed", f"{CRASH_PREFIX}.ply": "fitted"}
+    assert summary_rows(stdout) == {"a.ply": "fitted", "b.ply": "fitted", "bad.ply": "failed", f"{KILLED_ONCE}.ply": "fitted",
+                                    f"{KILLED_ALWAYS}.ply": "failed"}  # fmt: skip
     assert f"error: {folder / 'bad.ply'}: cannot read bad.ply" in stderr
-    assert "[4/4] ####################" in stderr and "1 failed, 0 remaining" in stderr and "inputs/min" in stderr
-    for stem in ("a", "b", CRASH_PREFIX):
+    assert "[5/5] ####################" in stderr and "2 failed, 0 remaining" in stderr and "inputs/min" in stderr
+    for stem in ("a", "b", KILLED_ONCE):
         record = json.loads((out / f"{stem}.json").read_text())
         assert record["input"]["path"] == str((folder / f"{stem}.ply").resolve())
         assert sorted(record["outputs"].values()) == sorted([f"{stem}.npz", f"{stem}_body.obj", f"{stem}_body.ply", f"{stem}.json"])
@@ -94,19 +100,23 @@ def test_ray_batch_fits_good_inputs_and_lists_the_bad_one(first_run):
 
 
 @pytest.mark.slow
-def test_ray_batch_retries_the_fit_of_a_killed_worker(first_run):
-    folder, out, _, stdout, _ = first_run
-    assert (folder / f"{CRASH_PREFIX}.killed").exists()  # its first worker died mid-call ...
-    assert summary_rows(stdout)[f"{CRASH_PREFIX}.ply"] == "fitted"  # ... and the call ran again on a new one
+def test_ray_batch_retries_a_killed_worker_and_isolates_an_input_that_always_kills_it(first_run):
+    folder, out, _, stdout, stderr = first_run
+    assert (folder / f"{KILLED_ONCE}.killed").exists()  # its first worker died mid-call ...
+    assert summary_rows(stdout)[f"{KILLED_ONCE}.ply"] == "fitted"  # ... and the call ran again on a restarted one
+    [line] = [line for line in stderr.splitlines() if line.startswith(f"error: {folder / KILLED_ALWAYS}.ply")]
+    assert f"its Ray worker died ({RETRIES + 1} tries)" in line
+    assert not list(out.glob(f"{KILLED_ALWAYS}*"))
 
 
 @pytest.mark.slow
 def test_ray_batch_rerun_skips_what_is_done(first_run):
     folder, out, _, _, _ = first_run
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
-    code, stdout, stderr = run(["batch", str(folder), "--out", str(out), *FAST, "--ray"])
+    inputs = [str(folder / name) for name in ("a.ply", "b.ply", f"{KILLED_ONCE}.ply", "bad.ply")]  # the first run's but the killer
+    code, stdout, stderr = run(["batch", *inputs, "--out", str(out), *FAST, "--ray"])
     assert code == cli.EXIT_FAILED, stderr
-    assert summary_rows(stdout) == {"a.ply": "skipped", "b.ply": "skipped", "bad.ply": "failed", f"{CRASH_PREFIX}.ply": "skipped"}
+    assert summary_rows(stdout) == {"a.ply": "skipped", "b.ply": "skipped", "bad.ply": "failed", f"{KILLED_ONCE}.ply": "skipped"}
     assert "fitted 0, skipped 3 (already done), failed 1" in stdout
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 
