@@ -6,7 +6,9 @@ is each process's VmHWM (/proc, sampled every SAMPLE_S while the batch runs, the
 included): per fitting worker (a pool process, or a Ray FitWorker actor) and, summed, for the others (the batch
 process; for Ray also its raylet, GCS server and helpers). Writes benchmarks/results_scale_out.md.
 
-    python benchmarks/bench_scale_out.py [--scans 6] [--threads 1]
+    python benchmarks/bench_scale_out.py [--scans 6] [--threads 1] [--rounds 2]
+
+Rounds alternate the order (local then Ray, Ray then local) so that a change in the machine's load falls on both.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def run_batch(scans: Path, out: Path, extra: list[str], threads: int) -> dict:
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - started
     sampler.join()
-    summary = next((line for line in stdout.splitlines() if line.startswith("fitted ")), stderr.strip()[-200:])
+    summary = next((line.split(";")[0] for line in stdout.splitlines() if line.startswith("fitted ")), stderr.strip()[-200:])
     worker_mb = sorted(peaks[pid] / 1024 for pid in workers)
     return {
         "code": process.returncode,
@@ -103,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="lvd-scale-out-"))
     try:
@@ -112,7 +115,7 @@ def main() -> None:
             shutil.copy(SAMPLE_SCAN, scans / f"scan{number}.ply")
         modes = [("local worker processes", []), ("Ray (local instance)", ["--ray", "local"])]
         rows = []
-        for label, extra in modes:
+        for label, extra in [mode for round_ in range(args.rounds) for mode in modes[:: 1 if round_ % 2 == 0 else -1]]:
             result = run_batch(scans, folder / f"out-{len(rows)}", extra, args.threads)
             print(label, result, flush=True)
             rows.append((label, result))
@@ -141,6 +144,11 @@ def write_results(rows: list[tuple[str, dict]], args) -> None:
         rate = args.scans / result["seconds"] * 60
         lines.append(f"| {label} | {result['code']} | {result['summary']} | {result['seconds']:.1f} | {rate:.2f} | "
                      f"{len(result['worker_mb'])} | {workers} | {result['other_mb']:.0f} ({result['other_count']} processes) |")  # fmt: skip
+    rates = {label: [args.scans / result["seconds"] * 60 for other, result in rows if other == label] for label, _ in rows}
+    means = {label: sum(values) / len(values) for label, values in rates.items()}
+    local, on_ray = means.values()
+    lines += ["", f"Mean throughput: {', '.join(f'{label} {mean:.2f} inputs/min' for label, mean in means.items())}; "
+                  f"Ray / local = {on_ray / local:.2f}."]  # fmt: skip
     RESULTS.write_text("\n".join(lines) + "\n")
     print(RESULTS.read_text())
 

@@ -129,24 +129,28 @@ def job_groups(todo: list[tuple[int, Path, str]], size: int) -> list[list[tuple[
 
 def run_jobs(ray, workers: list, jobs: list[list[tuple[int, Path, str]]], debug: bool, report: Callable[[int, cli.Outcome], None]) -> None:
     """Keep each worker on one call until every job has ended; a call whose worker died for good fails its
-    inputs (the others go on)."""
+    inputs (the others go on). Calls still running when this stops (Ctrl-C) are cancelled, not retried."""
     queue = deque(jobs)
     idle = list(workers)
     in_flight = {}
-    while queue or in_flight:
-        while idle and queue:
-            worker, job = idle.pop(), queue.popleft()
-            in_flight[worker.fit.remote(job, debug)] = (worker, job)
-        [ready], _ = ray.wait(list(in_flight), num_returns=1)
-        worker, job = in_flight.pop(ready)
-        idle.append(worker)
-        try:
-            outcomes = ray.get(ready)
-        except ray.exceptions.RayError as error:
-            message = worker_death_note(error)
-            outcomes = [(index, cli.Outcome(str(source), "failed", message=message)) for index, source, _ in job]
-        for index, outcome in outcomes:
-            report(index, outcome)
+    try:
+        while queue or in_flight:
+            while idle and queue:
+                worker, job = idle.pop(), queue.popleft()
+                in_flight[worker.fit.remote(job, debug)] = (worker, job)
+            [ready], _ = ray.wait(list(in_flight), num_returns=1)
+            worker, job = in_flight.pop(ready)
+            idle.append(worker)
+            try:
+                outcomes = ray.get(ready)
+            except ray.exceptions.RayError as error:
+                message = worker_death_note(error)
+                outcomes = [(index, cli.Outcome(str(source), "failed", message=message)) for index, source, _ in job]
+            for index, outcome in outcomes:
+                report(index, outcome)
+    finally:
+        for call in in_flight:
+            ray.cancel(call)
 
 
 def worker_death_note(error: Exception) -> str:

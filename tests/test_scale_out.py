@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,51 @@ def test_ray_batch_rerun_skips_what_is_done(first_run):
     assert summary_rows(stdout) == {"a.ply": "skipped", "b.ply": "skipped", "bad.ply": "failed", f"{KILLED_ONCE}.ply": "skipped"}
     assert "fitted 0, skipped 3 (already done), failed 1" in stdout
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
+
+
+def fit_worker_titles() -> dict[int, bytes]:
+    """{pid: process title} of the Ray FitWorker processes under this process (which started the cluster)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes()
+            if entry.name.isdigit() and b"FitWorker" in title and is_descendant(int(entry.name)):
+                found[int(entry.name)] = title
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def is_descendant(pid: int) -> bool:
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's worker processes in /proc")
+def test_ray_batch_ctrl_c_stops_the_workers_and_writes_nothing(ray_cluster, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a.ply", "b.ply"):
+        shutil.copy(SAMPLE_SCAN, folder / name)
+
+    def press_ctrl_c_once_fitting() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(b"FitWorker.fit" in title for title in fit_worker_titles().values()):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c_once_fitting, daemon=True).start()
+    code, _, stderr = run(["batch", str(folder), "--out", str(tmp_path / "out"), *FAST, "--ray"])
+    assert code == cli.EXIT_INTERRUPTED and stderr.strip().endswith("interrupted")
+    assert list((tmp_path / "out").iterdir()) == []
+    deadline = time.monotonic() + 30
+    while fit_worker_titles() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fit_worker_titles() == {}
 
 
 def test_ray_is_imported_only_for_ray_batches():
