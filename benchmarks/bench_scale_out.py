@@ -132,9 +132,9 @@ def write_results(rows: list[tuple[str, dict]], args) -> None:
         "# Scale-out: `lvd batch` against `lvd batch --ray`",
         "",
         f"`benchmarks/bench_scale_out.py`, commit {commit}, scan weights sha256 {weights}..., {args.scans} copies of the sample "
-        f"scan, `--no-export`, {args.threads} torch thread(s) per worker, {os.cpu_count()} CPUs (load average {load:.1f} at the end: "
-        "the CPUs are shared, so the two runs' figures are comparable with each other only). Ray's instance is started by "
-        "the batch (`--ray local`) and counted in its time. Peak memory: VmHWM per process.",
+        f"scan, `--no-export`, {args.threads} torch thread(s) per worker, {os.cpu_count()} CPUs shared with other work (load "
+        f"average {load:.1f} at the end): runs next to each other saw the most similar load; the rounds alternate the order. "
+        "Ray's instance is started by the batch (`--ray local`) and counted in its time. Peak memory: VmHWM per process.",
         "",
         "| run | exit | result | s | inputs/min | workers | peak MB per worker | other processes (peak MB, summed) |",
         "|---|---|---|---|---|---|---|---|",

@@ -52,6 +52,7 @@ class FitWorker:
     per-process caches), then one fit call after another."""
 
     def __init__(self, settings: cli.FitSettings, threads: int, sources: list[Path]):
+        """sources: an input of each kind (scan, photo) the batch has, for the networks to load."""
         cli.set_torch_threads(threads)
         self.settings = settings
         cli.check_setup(settings.fit_options, sources)
@@ -104,7 +105,7 @@ def fit_on_ray(todo: list[tuple[int, Path, str]], settings: cli.FitSettings, arg
             max_restarts=(RETRIES + 1) * len(jobs), max_task_retries=RETRIES,  # bounded: a worker that dies at start
         )  # fmt: skip
         shared_settings = dataclasses.replace(settings, out=settings.out.resolve())  # workers' current folders differ
-        sources = [source for job in jobs for _, source, _ in job]
+        sources = list({cli.is_photo(source): source for job in jobs for _, source, _ in job}.values())  # one per kind
         workers = [actor_class.remote(shared_settings, args.threads, sources) for _ in range(max(1, min(args.workers or slots, len(jobs))))]
         given = {index: str(source) for index, source, _ in todo}
 
@@ -159,5 +160,6 @@ def worker_death_note(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = lines[-1] if lines else type(error).__name__
     if getattr(error, "actor_init_failed", False):
-        return f"a Ray worker could not start: {reason} (every node needs lvd-core installed, the same version)"
+        hint = " (install lvd-core, this version, on every node)" if "No module named" in reason else ""
+        return f"a Ray worker could not start: {reason}{hint}"
     return f"its Ray worker died ({RETRIES + 1} tries): {reason}"
