@@ -20,7 +20,7 @@ import pytest
 
 from lvd_core import cli
 from lvd_core.cli import SAMPLE_SCAN
-from lvd_core.scale_out import RETRIES
+from lvd_core.scale_out import RETRIES, FitWorker
 
 from test_cli import run
 
@@ -166,6 +166,24 @@ def test_ray_batch_ctrl_c_stops_the_workers_and_writes_nothing(ray_cluster, tmp_
     while fit_worker_titles() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert fit_worker_titles() == {}
+
+
+@pytest.mark.slow
+def test_ray_batch_refuses_more_threads_than_any_node_has(ray_cluster, tmp_path):
+    code, _, stderr = run(["batch", str(SAMPLE_SCAN), "--out", str(tmp_path), *FAST, "--threads", "3", "--ray"])
+    assert code == cli.EXIT_USAGE
+    assert stderr.strip().splitlines()[-1] == "error: --threads 3: no node of the Ray cluster has that many CPUs (at most 2)"
+
+
+def test_worker_fails_inputs_and_out_folders_its_node_does_not_see(tmp_path):
+    settings = cli.FitSettings(tmp_path / "out", {"body": "anny", "device": "cpu", "refine": False}, export=False, preview=False)
+    worker = FitWorker(settings, 1, [SAMPLE_SCAN])  # in this process: the actor's class, without Ray
+    [(index, outcome)] = worker.fit([(7, tmp_path / "elsewhere.ply", "elsewhere")], debug=False)
+    assert (index, outcome.status) == (7, "failed")
+    assert outcome.message.startswith(f"the input {tmp_path / 'elsewhere.ply'} is not visible on node ")
+    [(_, outcome)] = worker.fit([(0, SAMPLE_SCAN, "sample_scan")], debug=False)  # --out is not there either
+    assert outcome.status == "failed" and f"the --out folder {tmp_path / 'out'} is not visible" in outcome.message
+    assert outcome.message.endswith("put inputs and --out on storage every node sees") and not (tmp_path / "out").exists()
 
 
 def test_ray_is_imported_only_for_ray_batches():
