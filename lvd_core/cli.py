@@ -67,6 +67,7 @@ class FitSettings:
 def build_parser() -> argparse.ArgumentParser:
     from .body import BODY_MODEL_NAMES
     from .devices import GPU_BATCH
+    from .scale_out import cluster_address
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's parser would otherwise reset `lvd --debug fit ...` to False.
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"scans fitted together, the descent and the body fit batched (default: {GPU_BATCH} on a GPU; "
                             "1 on the CPU, where worker processes run in parallel instead)")  # fmt: skip
     batch.add_argument("--force", action="store_true", help="fit again inputs whose outputs already exist")
+    batch.add_argument("--ray", nargs="?", const="", type=cluster_address, metavar="ADDRESS",
+                       help="fit on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT; alone: RAY_ADDRESS, the cluster `ray start` "
+                            "started here, else a local one); inputs and --out on storage every node sees; needs pip install ray")  # fmt: skip
     batch.set_defaults(run=run_batch)
 
     demo = commands.add_parser(
@@ -622,6 +626,7 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
     batch_size = batch_size_for(device, args.batch_size)
     debug = getattr(args, "debug", False)
     started = time.perf_counter()
+    ended = {False: 0, True: 0}  # inputs of this run that ended, by whether they failed
 
     def report(index: int, outcome: Outcome) -> None:
         outcomes[index] = outcome
@@ -629,9 +634,14 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
             print(f"error: {outcome.source}: {outcome.message}", file=sys.stderr)
         for warning in outcome.warnings:
             print(f"warning: {outcome.source}: {warning}", file=sys.stderr)
-        print(progress_line(len(outcomes) - (len(inputs) - len(todo)), len(todo), started), file=sys.stderr)
+        ended[outcome.status == "failed"] += 1
+        print(progress_line(sum(ended.values()), ended[True], len(todo), started), file=sys.stderr)
 
-    if batch_size > 1:  # a GPU: batches of scans, one after another in this process
+    if args.ray is not None:
+        from .scale_out import fit_on_ray
+
+        fit_on_ray(todo, settings, args, report)
+    elif batch_size > 1:  # a GPU: batches of scans, one after another in this process
         for first in range(0, len(todo), batch_size):
             for index, outcome in fit_together(todo[first : first + batch_size], settings, debug):
                 report(index, outcome)
@@ -705,11 +715,14 @@ def collect_inputs(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def progress_line(done: int, total: int, started: float) -> str:
+def progress_line(ended: int, failed: int, total: int, started: float, width: int = 20) -> str:
+    """[ended/total] a bar, how many failed and remain, the throughput and the time left."""
     elapsed = time.perf_counter() - started
-    rate = done / elapsed * 60 if elapsed > 0 else 0.0
-    left = (total - done) / rate * 60 if rate > 0 else 0.0
-    return f"[{done}/{total}] {rate:.1f} inputs/min, {int(left // 60)}:{int(left % 60):02d} left"
+    rate = ended / elapsed * 60 if elapsed > 0 else 0.0
+    left = (total - ended) / rate * 60 if rate > 0 else 0.0
+    filled = width * ended // max(total, 1)
+    return (f"[{ended}/{total}] {'#' * filled}{'.' * (width - filled)} {failed} failed, {total - ended} remaining, "
+            f"{rate:.1f} inputs/min, {int(left // 60)}:{int(left % 60):02d} left")  # fmt: skip
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
