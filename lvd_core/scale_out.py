@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import cli
+from .devices import set_torch_threads
 
 RAY_REQUIREMENT = "ray==2.60.0"
 # Cluster addresses ray.init takes: auto (a running cluster), local (a new one here), HOST:PORT, ray://HOST:PORT.
@@ -53,7 +54,7 @@ class FitWorker:
 
     def __init__(self, settings: cli.FitSettings, threads: int, sources: list[Path]):
         """sources: an input of each kind (scan, photo) the batch has, for the networks to load."""
-        cli.set_torch_threads(threads)
+        set_torch_threads(threads)
         self.settings = settings
         cli.check_setup(settings.fit_options, sources)
 
