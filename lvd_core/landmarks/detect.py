@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..native_output import silenced
 from .render import View, render_views, view_right
 
 # MediaPipe Pose's 33 landmarks (mediapipe.solutions.pose.PoseLandmark order).
@@ -86,9 +87,10 @@ def _pose_detector():
     """MediaPipe Pose without segmentation (complexity 1: the model inside the wheel), made on first use."""
     global _pose
     if _pose is None:
-        import mediapipe as mp  # imported on first use: ~1 s, and only body scans need it
+        with silenced():  # TensorFlow Lite and absl log their set-up on stderr
+            import mediapipe as mp  # imported on first use: ~1 s, and only body scans need it
 
-        _pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False)
+            _pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False)
     return _pose
 
 
@@ -97,7 +99,7 @@ def detect_views(views: list[View]) -> np.ndarray:
     the rendered points' frame, and its visibility; NaN rows where the view found no person."""
     out = np.full((len(views), len(NAMES), 3), np.nan)
     for k, view in enumerate(views):
-        with _pose_lock:
+        with _pose_lock, silenced():
             found = _pose_detector().process(np.repeat(view.image[..., None], 3, axis=2)).pose_landmarks
         if found is None:
             continue
