@@ -62,29 +62,19 @@ DETECTOR_NAMES = {"left_big_toe": "left_foot_index", "right_big_toe": "right_foo
 # model's size (80 mm on Anny's body) from the detected ones: the fit and the detector disagree on the pose.
 LANDMARK_DOUBT_SHARE = 0.05
 # Facings (of several) per scan that go through the full fit and the refinement, ranked by how well a quick fit
-# takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan. Measured on 96
-# held-out hands (validation samples 0-95, 8 facings each; the session-5 hand network), mean vertex error after
-# the fit: the best-ranked facing alone 3.92 mm; of the best 2, the one closest to the scan 3.67 (3.92 when
-# keeping the one closest to its own LVD vertices instead); of the best 3, 3.79. Shortlisting by the quick fit's
-# distance to the scan instead of its LVD residual gave 4.6 (session-4 network).
+# takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan (2 beat 1 and 3
+# on held-out hands: benchmarks/README.md).
 SHORTLIST = 2
-# Yaws (degrees, about the network's up axis) at which LVD also reads each facing of a scan; its vertices are the
-# mean of the descents (test-time augmentation). For hands, +-10 degrees: on the 96 held-out hands of SHORTLIST,
-# 3.67 -> 3.57 mm mean vertex error after the fit, at 3x the LVD time (2 -> 5.6 s a hand on one CPU thread).
-# Bodies read each facing once: 5 yaws averaged moved their error after the descent only 40.8 -> 40.6 mm (session 4).
+# Yaws (degrees, about the network's up axis) at which LVD also reads each facing of a scan, its vertices the mean
+# of the descents: it helps hands (no usual orientation), not bodies (benchmarks/README.md).
 YAW_JITTER_DEG = {"hand": (-10.0, 0.0, 10.0)}
 # Symmetric bodies (BodyModel.mirror_twins) are also read mirrored left-right: on the mirrored scan the network's
-# vertex i lands where vertex i's twin lies on the scan, so the fit gets twice the targets. On 48 held-out clothed
-# scans (the session-7 network), mean vertex error after the fit 46.3 -> 45.5 mm: the 40 of structured pose
-# families 31.1 -> 29.6, the 8 of random joint angles 177 -> 182; 2x the LVD time (+0.4 s a scan on the CPU).
+# vertex i lands where vertex i's twin lies on the scan, so the fit gets twice the targets for 2x the LVD time.
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 # A fit is doubtful when the network's vertices lie, at the median, farther than this share of the model's size
-# (DOUBT_SHARE * neutral_size: 28 mm on Anny's 1.63 m body, 2.8 mm on its 0.17 m hand) from the fitted body: the
-# network then put whole parts on the wrong limbs, which the fit cannot follow. Measured on the 48 held-out clothed
-# body scans of `bench_quality.py --n 48`: the 5 fits over 100 mm mean vertex error (all random joint angles) lie
-# at 34-54 mm (session-8 network) / 37-53 mm (step 70,038), the 43 others at 10-24 / 9-21 mm; on 24 held-out hands
-# (session-8 network): the 3 worst (7.2-16 mm) at 3.2-3.3 mm, the others (0.8-6.4 mm) at 1.2-2.6. bench_quality's
-# 48 hands: 7 marked (6-16 mm), the others 0.7-9.7 mm: on hands the mark is looser.
+# (28 mm on Anny's 1.63 m body, 2.8 mm on its hand) from the fitted body: the network then put whole parts on
+# the wrong limbs, which the fit cannot follow. Calibrated on held-out scans (benchmarks/README.md): it marks the
+# fits over 100 mm mean vertex error and few others; on hands it is looser.
 DOUBT_SHARE = 0.017
 
 

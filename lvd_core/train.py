@@ -17,7 +17,7 @@ at the next sample index, so a resumed run sees the same data as an uninterrupte
 checkpoint's data recipe and network (RECIPE_FIELDS); steps, minutes, lr, device and threads are the caller's.
 
 Learning rate: constant for the first half of the run, then a linear decay to 0. The run ends at `steps`, or,
-when `minutes` is given, at that wall time (whichever comes first): a time-boxed session anneals by its end.
+when `minutes` is given, at that wall time (whichever comes first): a time-boxed run anneals by its end.
 """
 
 from __future__ import annotations
