@@ -27,7 +27,7 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 IGNORED_WEIGHTS = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "train_state.pt", "log.jsonl", "train.log")
 # lvd_core's command line, training and demo-data modules: a fit in Blender never imports them.
 IGNORED_CORE = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", ".*", "cli.py", "train.py", "train_image.py", "preview.py", "outputs.py",
+    "__pycache__", "*.pyc", ".*", "cli.py", "scale_out.py", "train.py", "train_image.py", "preview.py", "outputs.py",
     "demo.py", "make_validation.py", "data",
 )  # fmt: skip
 
