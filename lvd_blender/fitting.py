@@ -211,7 +211,7 @@ def _fit(items: list[Item], settings: FitSettings, device: str, progress, cancel
         sources = [(items[i].inputs["vertices"], items[i].inputs["faces"], "the mesh") for i in indices]  # labels name it
         results = pipeline().fit_scans(sources, body=body, units=settings.scan_units, up="z", **options)
         for i, result in zip(indices, results):
-            outcomes[i] = result if isinstance(result, Exception) else _scan_outcome(result, settings)
+            outcomes[i] = result if isinstance(result, Exception) else _checked_scan_outcome(result, settings)
     return outcomes
 
 
@@ -236,6 +236,15 @@ def _scan_outcome(result, settings: FitSettings) -> FitOutcome:
     frame = scaled_about(bottom_centre(result.vertices_input), 1.0 / settings.metres_per_unit / units_per_metre) @ world_from_model
     return FitOutcome(_description(result, settings), frame, float(result.residual_mm), _quality(result, settings),
                       units=result.units, doubtful=result.doubtful)  # fmt: skip
+
+
+def _checked_scan_outcome(result, settings: FitSettings):
+    """The scan's FitOutcome, or the ScanError of a fit too far off to be a result (wrong units: lvd_core's check)."""
+    try:
+        core("pipeline").check_residual(result, fix="set Scan Units to the scan's units")
+    except ValueError as error:
+        return error
+    return _scan_outcome(result, settings)
 
 
 def _photo_outcome(result, inputs: dict, settings: FitSettings, image_size: tuple[int, int]) -> FitOutcome:

@@ -38,9 +38,6 @@ EXIT_CODES = ("exit codes: 0 every input fitted; 1 an input could not be read or
 RIGGED_EXPORTER = "lvd_blender.headless_export"  # run as a module in a process of its own, never imported here
 RIGGED_EXPORT_TIMEOUT_S = 600
 PREVIEW_SCAN_POINTS = 20_000
-# A fit whose median scan-to-body distance exceeds this share of the body's size is refused: no body fits so
-# badly unless the scan was read in the wrong units or up axis (fits of real scans lie under 3%).
-MAX_RESIDUAL_SHARE = 0.1
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLE_SCAN = DATA_DIR / "sample_scan.ply"
 
@@ -282,11 +279,12 @@ def write_outputs(source: Path, stem: str, settings: FitSettings, result, scan=N
     the input's fingerprint in its json): a WrittenOutputs."""
     from .body import load_body_model
     from .outputs import write_result
+    from .pipeline import check_residual
 
     body = load_body_model(result.body_name, settings.fit_options.get("model_path"))
     kind = "photo" if is_photo(source) else "scan"
     if kind == "scan":
-        check_residual(result, body)
+        check_residual(result, fix="check --units and --up")
     scan_points = preview_points(scan) if settings.preview and scan is not None else None
     record = {"input": input_record(source), "lvd_version": __version__,
               "weights_sha256": file_sha256(weights_path(kind, settings.fit_options))}  # fmt: skip
@@ -303,21 +301,6 @@ def preview_points(scan):
     import numpy as np
 
     return scan.points[np.random.default_rng(0).permutation(len(scan.points))[:PREVIEW_SCAN_POINTS]]
-
-
-def check_residual(result, body) -> None:
-    """Refuse a fit whose median scan-to-body distance is over MAX_RESIDUAL_SHARE of the body's size: the scan
-    was read in the wrong units or up axis (or is no body), and the numbers would be nonsense."""
-    import numpy as np
-
-    from .inputs.scan import ScanError
-    from .inputs.frame import apply_transform
-
-    model_vertices = apply_transform(np.linalg.inv(result.input_from_model), result.vertices_input)
-    size_mm = 1000 * float(np.ptp(model_vertices, axis=0).max())
-    if not result.residual_mm <= MAX_RESIDUAL_SHARE * size_mm:  # also NaN
-        raise ScanError(f"the fit is off: the scan lies {result.residual_mm:.0f} mm (median) from a {size_mm:.0f} mm body; "
-                        "check --units and --up")  # fmt: skip
 
 
 def unitless_size(result, body) -> str:

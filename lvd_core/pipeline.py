@@ -27,7 +27,7 @@ from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
 from .hands import EITHER_SIDE, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
-from .inputs.scan import Scan, load_scan
+from .inputs.scan import Scan, ScanError, load_scan
 from .landmarks.detect import INDEX, Landmarks
 from .nets.compact import CompactScanLVD
 from .resources import weights_dir
@@ -76,6 +76,9 @@ MIRROR = np.diag([-1.0, 1.0, 1.0])
 # the wrong limbs, which the fit cannot follow. Calibrated on held-out scans (benchmarks/README.md): it marks the
 # fits over 100 mm mean vertex error and few others; on hands it is looser.
 DOUBT_SHARE = 0.017
+# A fit whose median scan-to-body distance exceeds this share of the body's size is refused: no body fits so
+# badly unless the scan was read in the wrong units or up axis (fits of real scans lie under 3%).
+MAX_RESIDUAL_SHARE = 0.1
 
 
 class FitCancelled(Exception):
@@ -599,3 +602,12 @@ def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
 
     return float(np.median(cKDTree(target).query(source, k=1)[0]))
 
+
+def check_residual(result: FitResult, fix: str) -> None:
+    """ScanError when the fit's median scan-to-body distance is over MAX_RESIDUAL_SHARE of the body's size: the
+    scan was read in the wrong units or up axis (or is no body), and its numbers would be nonsense. `fix`: what
+    the user can do, in the caller's words."""
+    model_vertices = apply_transform(np.linalg.inv(result.input_from_model), result.vertices_input)
+    size_mm = 1000 * float(np.ptp(model_vertices, axis=0).max())
+    if not result.residual_mm <= MAX_RESIDUAL_SHARE * size_mm:  # also NaN
+        raise ScanError(f"the fit is off: the scan lies {result.residual_mm:.0f} mm (median) from a {size_mm:.0f} mm body; {fix}")

@@ -43,6 +43,7 @@ class FakePipeline:
         self.batches = []  # the sizes of fit_scans' batches
         self.bodies, self.units, self.masks, self.threads = [], [], [], []
         self.doubtful = False  # whether the results say the network misread the pose
+        self.residual_mm = 2.5  # the results' median scan-to-body distance
 
     def result(self, centre, metres_per_unit=1.0, units="m"):
         body = load_body_model("anny-hand")
@@ -51,7 +52,7 @@ class FakePipeline:
         input_from_model[:3, 3] = centre
         vertices = body(params).vertices[0].double().numpy() / metres_per_unit + centre
         return SimpleNamespace(body_name="anny-hand-right", params=params, input_from_model=input_from_model,
-                               vertices_input=vertices, residual_mm=2.5, timings={"total": 0.1}, doubtful=self.doubtful,
+                               vertices_input=vertices, residual_mm=self.residual_mm, timings={"total": 0.1}, doubtful=self.doubtful,
                                units=units, quality_label=lambda short=False: "2.5 mm" + (", check" if self.doubtful else ""))  # fmt: skip
 
     def fit_scans(self, sources, *, body, device, progress, cancel, units=None, up=None, **options):
@@ -225,6 +226,15 @@ def test_doubtful_fits_are_named_in_the_summary(pipeline):
     assert len(characters()) == 2 and progress.last_quality == "2.5 mm, check"
     assert all(armature["lvd_doubtful"] for armature in characters())
     assert "check Hand A, Hand B (the network may have misread the pose)" in progress.last_summary
+
+
+def test_a_fit_too_far_off_is_skipped_with_the_units_to_check(pipeline):
+    """A scan read in the wrong units ends far from its body: no character, the fix named (as the CLI does)."""
+    pipeline.residual_mm = 42_881.0
+    activate(hand_scan("Hand A", (0, 0, 0)))
+    with pytest.raises(RuntimeError, match="skipped Hand A .the fit is off: the scan lies 42881 mm .median.*set Scan Units"):
+        bpy.ops.lvd.fit()
+    assert not characters()
 
 
 def test_batch_fit_with_a_batch_size_fits_scans_together(pipeline):
