@@ -684,7 +684,13 @@ def collect_inputs(patterns: list[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS + PHOTO_EXTENSIONS and p.is_file())
+            named = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS + PHOTO_EXTENSIONS)
+            matches = [p for p in named if p.is_file()]
+            for broken in (p for p in named if p.is_symlink() and not p.is_file()):  # a loop or a dangling link: say so
+                try:
+                    check_input_file(broken)
+                except UsageError as problem:
+                    print(f"warning: skipped {problem}", file=sys.stderr)
         elif any(character in pattern for character in "*?["):
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         else:

@@ -5,8 +5,10 @@ replayed (pipeline.fit_scan patched), except where worker processes are the poin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
+import io
 import json
 import os
 import shutil
@@ -173,6 +175,14 @@ def test_folders_and_link_loops_are_named_as_such(tmp_path):
     assert code == 2 and "is a folder, not a scan or photo" in stderr
     code, _, stderr = run(["batch", str(loop)])
     assert code == 2 and "symbolic link loop" in stderr
+    # Inside a folder given to a batch, the loop is named and skipped; the folder's other inputs are collected.
+    from lvd_core.cli import collect_inputs
+
+    shutil.copy(SAMPLE_SCAN, tmp_path / "scan.ply")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert collect_inputs([str(tmp_path)]) == [tmp_path / "scan.ply"]
+    assert f"warning: skipped {loop} is a symbolic link loop" in err.getvalue()
 
 
 def test_bad_weights_and_bad_model_file_are_both_setup_errors(tmp_path):
