@@ -12,7 +12,6 @@ Headless bpy, 1 torch thread (the fit's), the extension's modules from this tree
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lvd_blender import fitting, properties  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 SCAN = ROOT.parent / "shared" / "data" / "scans" / "rp_dennis_posed_004_30k.obj"
 TIMER_S = 0.1  # the modal operator's timer period (operators.TIMER_STEP_S)
@@ -153,13 +153,11 @@ def main() -> None:
     rows.append(("worker's real fit: worst lateness of a 10 ms tick, first fit (imports)", f"{first * 1000:.0f}", "sample scan"))
     rows.append(("worker's real fit: worst lateness of a 10 ms tick, later fits", f"{later * 1000:.0f}", "sample scan"))
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    weights = hashlib.sha256((ROOT / "weights" / "anny-body-scan" / "checkpoint.pt").read_bytes()).hexdigest()[:12]
     table = ["| main-thread step | longest (ms) | of |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
     text = "\n".join([
         "# Blender: how long the main thread is held while Fit runs",
         "",
-        f"`benchmarks/bench_blender_ui.py` at commit {commit} (anny-body-scan weights sha256 {weights}...), headless bpy "
+        f"`benchmarks/bench_blender_ui.py`; {provenance([ROOT / 'weights' / 'anny-body-scan' / 'checkpoint.pt'])} Headless bpy "
         f"{bpy.app.version_string}, x86_64, 2 cores shared with other jobs (load average {load} at the start).",
         "",
         *table,

@@ -11,7 +11,6 @@ wall time.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from lvd_core import pipeline  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.body.anny_data import model_data_path  # noqa: E402
 from lvd_core.fit import FitOptions, fit_to_vertices, paper_fit  # noqa: E402
+from provenance import provenance  # noqa: E402
 from synthetic_models import make_model_arrays, write_official_pickle  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -56,13 +56,9 @@ def cpu_seconds(fn, repeats: int = 1):
     return statistics.median(times), result
 
 
-def provenance() -> str:
-    """The commit measured (with '+changes' when the tree differs from it) and the data's sha256."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "lvd_core"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    files = [model_data_path(load_body_model(v).name) for v in ("anny", "anny-hand")] + [pipeline.resolve_weights(b, None) for _, b in REAL_INPUTS]
-    digests = ", ".join(f"`{f.relative_to(ROOT)}` {hashlib.sha256(f.read_bytes()).hexdigest()[:12]}" for f in files)
-    return f"Commit {commit}{' +changes' if dirty else ''}; sha256 (first 12 digits): {digests}."
+def measured_files() -> list[Path]:
+    """Anny's model data and the scan networks the real inputs' fits use."""
+    return [model_data_path(load_body_model(v).name) for v in ("anny", "anny-hand")] + [pipeline.resolve_weights(b, None) for _, b in REAL_INPUTS]
 
 
 def anny_load_seconds() -> float:
@@ -183,7 +179,7 @@ def main() -> None:
         [
             "# Body models and fit (CPU, 1 torch thread)",
             "",
-            f"`benchmarks/bench_body_fit.py`. {provenance()}",
+            f"`benchmarks/bench_body_fit.py`. {provenance(measured_files())}",
             f"Machine: {os.cpu_count()} cores, load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
             "(shared; wall times are noisy).",
             "",

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import os
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -40,6 +38,7 @@ from lvd_core.clothing import outside_scan  # noqa: E402
 from lvd_core.fit import refine_to_surface, surface_pairing  # noqa: E402
 from lvd_core.measurements import body_measurements  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
@@ -48,13 +47,6 @@ OUTSIDE_TOLERANCE = 0.005  # metres
 MEASURES = ("height_m", "chest_m", "waist_m", "hip_m")
 
 
-def provenance() -> str:
-    """The commit measured (with '+changes' when lvd_core differs from it) and the networks' sha256."""
-    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
-    dirty = " +changes" if git("status", "--porcelain", "lvd_core") else ""
-    networks = [pipeline.resolve_weights("anny", None), ROOT / "weights" / "anny-body-photo" / "checkpoint.pt"]
-    digests = ", ".join(f"`{f.relative_to(ROOT)}` {hashlib.sha256(f.read_bytes()).hexdigest()[:12]}" for f in networks)
-    return f"Commit {git('rev-parse', '--short', 'HEAD')}{dirty}; sha256 (first 12 digits): {digests}."
 
 
 @contextlib.contextmanager
@@ -186,7 +178,7 @@ def main() -> None:
         "# The body under the clothes",
         "",
         f"`benchmarks/bench_body_shape.py --n {args.n} --photo-n {args.photo_n}`; CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
-        provenance(),
+        provenance([pipeline.resolve_weights("anny", None), ROOT / "weights" / "anny-body-photo" / "checkpoint.pt"]),
         "Before: the plain surface objective and |phenotypes - 0.5|^2 prior; after: the clothing-aware objective",
         "(lvd_core.clothing) and anny's shape prior (BodyModel.shape_prior). Same scans, same run.",
         "",

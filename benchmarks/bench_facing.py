@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from lvd_core.inputs.scan import load_scan  # noqa: E402
 from lvd_core.landmarks.detect import INDEX, find_landmarks  # noqa: E402
 from lvd_core.pipeline import WEIGHTS_DIR, fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
@@ -42,15 +42,6 @@ YAWS = (0, 90, 180, 270)
 def turned_mm(points_m: np.ndarray, yaw_deg: float) -> np.ndarray:
     """Points (metres, Z up) turned by yaw about Z, in millimetres."""
     return 1000 * points_m @ yaw_rotation(np.radians(yaw_deg)).T
-
-
-def stamp() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    weights = WEIGHTS_DIR / "anny-body-scan" / "checkpoint.pt"
-    import hashlib
-
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else "missing"
-    return f"commit {commit or '?'}, anny-body-scan weights sha256 {sha}"
 
 
 def landmark_errors(scans, body) -> tuple[list[str], list[float], int]:
@@ -144,7 +135,7 @@ def main() -> None:
     lines = [
         "# Body scans in any facing",
         "",
-        f"`benchmarks/bench_facing.py --n {args.n}`; {stamp()}; CPU, 1 thread, load average "
+        f"`benchmarks/bench_facing.py --n {args.n}`; {provenance([WEIGHTS_DIR / 'anny-body-scan' / 'checkpoint.pt'])} CPU, 1 thread, load average "
         f"{os.getloadavg()[0]:.1f} when run.",
         "",
         "Before: the person assumed to face the usual way (-Y once Z up); after: the facing the person detector finds",

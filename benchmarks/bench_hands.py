@@ -15,9 +15,7 @@ Run: .venv/bin/python benchmarks/bench_hands.py [--n 96]  -> benchmarks/results_
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from lvd_core.hands import EITHER_SIDE, choose_side, fit_both_sides, forearm_cut
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params  # noqa: E402
 from lvd_core.synth.dataset import VALIDATION_SEED  # noqa: E402
 from lvd_core.synth.forearms import with_forearm  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SIDES = EITHER_SIDE["anny-hand"]
@@ -143,13 +142,6 @@ def real_rows() -> list[str]:
     return rows
 
 
-def stamp() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    weights = pipeline.WEIGHTS_DIR / pipeline.DEFAULT_SCAN_WEIGHTS["anny-hand"]
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    return f"commit {commit}, hand network sha256 {digest}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=96, help="held-out synthetic hands (the issue's figure: 96)")
@@ -158,7 +150,7 @@ def main() -> None:
     lines = [
         "# Hand scans: handedness and forearms",
         "",
-        f"`benchmarks/bench_hands.py --n {args.n}`; {stamp()}; CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
+        f"`benchmarks/bench_hands.py --n {args.n}`; {provenance([pipeline.WEIGHTS_DIR / pipeline.DEFAULT_SCAN_WEIGHTS['anny-hand']])} CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
         "",
         f"{args.n} held-out synthetic hands (half left; random rotations; half of each side with a 20-30 cm forearm, half of",
         "those in a sleeve), fitted with `anny-hand`: both sides fitted, the one whose refined body lies closest to the",

@@ -12,7 +12,6 @@ file if they ran code. Writes benchmarks/results_reliability.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import subprocess
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from lvd_core.cli import SAMPLE_SCAN  # noqa: E402
 from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 MEMORY_BOUND = 2.0
 RESULTS = ROOT / "benchmarks" / "results_reliability.md"
@@ -180,13 +180,11 @@ def main() -> None:
 
 
 def write_results(rows: list, normal_mb: dict, code_ran: bool) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    weights = hashlib.sha256((WEIGHTS_DIR / DEFAULT_SCAN_WEIGHTS["anny"]).read_bytes()).hexdigest()[:12]
     worst = max(peak / normal_mb[kind] for _, kind, _, _, _, peak, _ in rows)
     lines = [
         "# Reliability: bad inputs through `lvd fit`",
         "",
-        f"`benchmarks/bench_reliability.py`, commit {commit}, scan weights sha256 {weights}..., one torch thread, "
+        f"`benchmarks/bench_reliability.py`; {provenance([WEIGHTS_DIR / DEFAULT_SCAN_WEIGHTS['anny']])} One torch thread, "
         "`--no-export`. Memory: peak resident set of the process (os.wait4); x normal: against the normal fit of the "
         "same kind (first row of each kind). Outputs: files left in the case's own --out.",
         "",

@@ -14,7 +14,6 @@ Rounds alternate the order (local then Ray, Ray then local) so that a change in 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from lvd_core.cli import SAMPLE_SCAN  # noqa: E402
 from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results_scale_out.md"
 SAMPLE_S = 0.5
@@ -125,13 +125,11 @@ def main() -> None:
 
 
 def write_results(rows: list[tuple[str, dict]], args) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    weights = hashlib.sha256((WEIGHTS_DIR / DEFAULT_SCAN_WEIGHTS["anny"]).read_bytes()).hexdigest()[:12]
     load = os.getloadavg()[0]
     lines = [
         "# Scale-out: `lvd batch` against `lvd batch --ray`",
         "",
-        f"`benchmarks/bench_scale_out.py`, commit {commit}, scan weights sha256 {weights}..., {args.scans} copies of the sample "
+        f"`benchmarks/bench_scale_out.py`; {provenance([WEIGHTS_DIR / DEFAULT_SCAN_WEIGHTS['anny']])} {args.scans} copies of the sample "
         f"scan, `--no-export`, {args.threads} torch thread(s) per worker, {os.cpu_count()} CPUs shared with other work (load "
         f"average {load:.1f} at the end): runs next to each other saw the most similar load; the rounds alternate the order. "
         "Ray's instance is started by the batch (`--ray local`) and counted in its time. Peak memory: VmHWM per process.",

@@ -11,9 +11,7 @@ and the transfer's time on one CPU thread.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +29,7 @@ from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR, fit_scan  # noq
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from lvd_core.synth.standins import write_standin  # noqa: E402
 from lvd_core.transfer import surface_distance, transfer_result  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 
 def percentiles(errors_mm: np.ndarray) -> str:
@@ -64,16 +63,6 @@ def transfer_rows(source_name: str, targets: dict, n: int) -> list[str]:
     return rows
 
 
-def stamp() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    digests = [
-        f"{relative}: {hashlib.sha256((WEIGHTS_DIR / relative).read_bytes()).hexdigest()[:12]}"
-        for relative in sorted(set(DEFAULT_SCAN_WEIGHTS.values()))
-        if (WEIGHTS_DIR / relative).exists()
-    ]
-    return f"commit {commit}; weights sha256 {', '.join(digests)}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=4, help="held-out clothed body scans")
@@ -87,7 +76,7 @@ def main() -> None:
         "# SMPL, SMPL-X and MANO by transfer from the Anny fit",
         "",
         f"`benchmarks/bench_transfer.py --n {args.n} --hand-n {args.hand_n}`; CPU, 1 thread, load average "
-        f"{os.getloadavg()[0]:.1f} when run; {stamp()}.",
+        f"{os.getloadavg()[0]:.1f} when run. {provenance([WEIGHTS_DIR / relative for relative in sorted(set(DEFAULT_SCAN_WEIGHTS.values()))])}",
         "",
         "Held-out synthetic scans (fixed validation seed; bodies clothed, default realism; hands with objects and",
         "wrist cuts), fitted with the shipped Anny network, then transferred to stand-in model files built from Anny",
