@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from lvd_core import pipeline  # noqa: E402
+from lvd_core.checkpoints import resolve_weights  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.body.anny_data import model_data_path  # noqa: E402
 from lvd_core.fit import FitOptions, fit_to_vertices, paper_fit  # noqa: E402
@@ -58,7 +59,7 @@ def cpu_seconds(fn, repeats: int = 1):
 
 def measured_files() -> list[Path]:
     """Anny's model data and the scan networks the real inputs' fits use."""
-    return [model_data_path(load_body_model(v).name) for v in ("anny", "anny-hand")] + [pipeline.resolve_weights(b, None) for _, b in REAL_INPUTS]
+    return [model_data_path(load_body_model(v).name) for v in ("anny", "anny-hand")] + [resolve_weights(b, None) for _, b in REAL_INPUTS]
 
 
 def anny_load_seconds() -> float:

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core import pipeline  # noqa: E402
+from lvd_core.checkpoints import resolve_weights  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.body.base import BodyModel, BodyParams  # noqa: E402
 from lvd_core.clothing import outside_scan  # noqa: E402
@@ -178,7 +179,7 @@ def main() -> None:
         "# The body under the clothes",
         "",
         f"`benchmarks/bench_body_shape.py --n {args.n} --photo-n {args.photo_n}`; CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
-        provenance([pipeline.resolve_weights("anny", None), ROOT / "weights" / "anny-body-photo" / "checkpoint.pt"]),
+        provenance([resolve_weights("anny", None), ROOT / "weights" / "anny-body-photo" / "checkpoint.pt"]),
         "Before: the plain surface objective and |phenotypes - 0.5|^2 prior; after: the clothing-aware objective",
         "(lvd_core.clothing) and anny's shape prior (BodyModel.shape_prior). Same scans, same run.",
         "",

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core import pipeline  # noqa: E402
+from lvd_core.checkpoints import load_network, resolve_weights  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.inputs.frame import apply_transform  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
@@ -134,7 +135,7 @@ def main() -> None:
     torch.set_num_threads(1)
     body = load_body_model("anny")
     owners = vertex_owners(body)
-    network = pipeline.load_network(pipeline.resolve_weights("anny", None), torch.device("cpu"))
+    network = load_network(resolve_weights("anny", None), torch.device("cpu"))
     network_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
     scans = list(held_out_set("anny", args.n, realism=ScanRealism(), sampling=BodySampling(yaw_range_deg=30)))
     results = [fit(scan) for scan in scans]

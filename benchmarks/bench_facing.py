@@ -30,7 +30,8 @@ from lvd_core.canonical import scan_frame, yaw_rotation  # noqa: E402
 from lvd_core.inputs.frame import QUARTER_TURNS  # noqa: E402
 from lvd_core.inputs.scan import load_scan  # noqa: E402
 from lvd_core.landmarks.detect import INDEX, find_landmarks  # noqa: E402
-from lvd_core.pipeline import WEIGHTS_DIR, fit_scan  # noqa: E402
+from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
+from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from provenance import provenance  # noqa: E402
 

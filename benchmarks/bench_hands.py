@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core import pipeline  # noqa: E402
+from lvd_core.checkpoints import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.hands import EITHER_SIDE, choose_side, fit_both_sides, forearm_cut  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params  # noqa: E402
@@ -150,7 +151,7 @@ def main() -> None:
     lines = [
         "# Hand scans: handedness and forearms",
         "",
-        f"`benchmarks/bench_hands.py --n {args.n}`; {provenance([pipeline.WEIGHTS_DIR / pipeline.DEFAULT_SCAN_WEIGHTS['anny-hand']])} CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
+        f"`benchmarks/bench_hands.py --n {args.n}`; {provenance([WEIGHTS_DIR / DEFAULT_SCAN_WEIGHTS['anny-hand']])} CPU, 1 thread, load average {os.getloadavg()[0]:.1f} when run.",
         "",
         f"{args.n} held-out synthetic hands (half left; random rotations; half of each side with a 20-30 cm forearm, half of",
         "those in a sleeve), fitted with `anny-hand`: both sides fitted, the one whose refined body lies closest to the",

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lvd_core.photo import fit_photo, silhouette_iou  # noqa: E402
-from lvd_core.pipeline import WEIGHTS_DIR  # noqa: E402
+from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
 
 IMAGES = Path(os.environ.get("LVD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "images"
 RESULTS = Path(__file__).with_name("results_photo.md")

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core.body import load_body_model  # noqa: E402
-from lvd_core.pipeline import WEIGHTS_DIR, fit_scan  # noqa: E402
+from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
+from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core.cli import SAMPLE_SCAN  # noqa: E402
-from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR  # noqa: E402
+from lvd_core.checkpoints import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results_scale_out.md"

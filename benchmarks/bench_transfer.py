@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_quality import hand_vertices  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
-from lvd_core.pipeline import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR, fit_scan  # noqa: E402
+from lvd_core.checkpoints import DEFAULT_SCAN_WEIGHTS, WEIGHTS_DIR  # noqa: E402
+from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from lvd_core.synth.standins import write_standin  # noqa: E402
 from lvd_core.transfer import surface_distance, transfer_result  # noqa: E402

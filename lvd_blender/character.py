@@ -37,7 +37,7 @@ def build_character(
     location); None places the model upright at the origin. Any uniform scale of the placement is baked into
     the bones and the mesh, so the objects have scale 1 (and exported files the character's true size). With
     `shape_as_keys` the shape is shape keys over the model's neutral mesh instead of being baked into the rest
-    mesh. residual_mm and doubtful (the fit's quality, lvd_core.pipeline.FitResult) are stored on the armature.
+    mesh. residual_mm and doubtful (the fit's quality, lvd_core.results.FitResult) are stored on the armature.
     The mode and active object of the moment are kept."""
     steps = character_steps(name, description, collection, shape_as_keys=shape_as_keys, frame_matrix=frame_matrix,
                             residual_mm=residual_mm, doubtful=doubtful)  # fmt: skip

@@ -241,7 +241,7 @@ def _scan_outcome(result, settings: FitSettings) -> FitOutcome:
 def _checked_scan_outcome(result, settings: FitSettings):
     """The scan's FitOutcome, or the ScanError of a fit too far off to be a result (wrong units: lvd_core's check)."""
     try:
-        core("pipeline").check_residual(result, fix="set Scan Units to the scan's units")
+        core("results").check_residual(result, fix="set Scan Units to the scan's units")
     except ValueError as error:
         return error
     return _scan_outcome(result, settings)

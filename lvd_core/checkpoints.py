@@ -22,6 +22,8 @@ from torch import Tensor
 from .devices import pick_device
 from .nets.base import LVDNetwork, register_network, registered_names, registered_network
 from .nets.paper import PAPER_NETWORKS, paper_layout_from_state_dict
+from .resources import weights_dir
+from .results import InputError
 
 __all__ = ["CheckpointError", "register_network", "save_checkpoint", "load_checkpoint", "load_paper_checkpoint"]
 
@@ -194,3 +196,53 @@ def short(error: Exception) -> str:
     """The start of the first line of an exception's message."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text[:MESSAGE_DETAIL_CHARS] + ("..." if len(text) > MESSAGE_DETAIL_CHARS else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# which checkpoint a body model uses, loaded once per process
+
+WEIGHTS_DIR = weights_dir()
+# The checkpoint each shipped body model uses by default (under WEIGHTS_DIR or a user's checkpoint folder).
+DEFAULT_SCAN_WEIGHTS = {
+    "anny": "anny-body-scan/checkpoint.pt",
+    "anny-hand": "anny-hand-scan/checkpoint.pt",
+    "anny-hand-right": "anny-hand-scan/checkpoint.pt",
+    "anny-hand-left": "anny-hand-scan/checkpoint.pt",  # on the mirrored scan (see MIRRORED_BODIES)
+}
+# Bodies fitted with their mirror twin's network: the scan is mirrored (x -> -x) for the network and the
+# prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
+MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
+
+
+def resolve_weights(body: str, weights: str | Path | None, checkpoint_folder: str | Path | None = None, *,
+                    defaults: dict = DEFAULT_SCAN_WEIGHTS, kind: str = "scan", no_default: str | None = None) -> Path:  # fmt: skip
+    """The checkpoint file to use: the given one, else the default for `body` (from `defaults`) in the user's
+    folder or ours. kind names the network in messages; no_default: the fix to suggest when none ships."""
+    if weights:
+        return Path(weights).expanduser()
+    default = defaults.get(body)
+    if default is None:
+        fix = no_default or (f"train one with `lvd train --body {body} --model-file ...` or pass the authors' released "
+                             "checkpoint with --weights")  # fmt: skip
+        raise InputError(f"no trained {kind} network ships for the {body} body model: {fix}")
+    for folder in ([Path(checkpoint_folder).expanduser()] if checkpoint_folder else []) + [WEIGHTS_DIR]:
+        if (folder / default).is_file():
+            return folder / default
+    raise InputError(f"the {kind} network for {body} is missing ({WEIGHTS_DIR / default}): reinstall LVD or pass --weights")
+
+
+_network_cache: dict[tuple, torch.nn.Module] = {}
+
+
+def load_network(path: Path, device: torch.device) -> torch.nn.Module:
+    """Our checkpoint or the authors' released file (cached per process)."""
+    key = (str(path), str(device))
+    if key not in _network_cache:
+        try:
+            _network_cache[key] = load_checkpoint(path, device=device)
+        except CheckpointError as ours:
+            try:
+                _network_cache[key] = load_paper_checkpoint(path, device=device)
+            except CheckpointError:
+                raise ours from None
+    return _network_cache[key]

@@ -182,7 +182,7 @@ def check_setup(options: dict, sources: list[Path]):
     inputs need (--weights, or the default for the body) cannot be used."""
     from .body import load_body_model
     from .devices import pick_device
-    from .pipeline import load_network
+    from .checkpoints import load_network
 
     try:
         load_body_model(options["body"], options.get("model_path"))
@@ -197,7 +197,7 @@ def check_setup(options: dict, sources: list[Path]):
 def weights_path(kind: str, options: dict) -> Path:
     """The network checkpoint a fit of this kind ("scan" or "photo") uses with these options."""
     from .body import load_body_model
-    from .pipeline import resolve_weights
+    from .checkpoints import resolve_weights
     from .transfer import TRANSFERRED_BODIES, source_model
 
     body, weights = options["body"], options.get("weights")
@@ -279,7 +279,7 @@ def write_outputs(source: Path, stem: str, settings: FitSettings, result, scan=N
     the input's fingerprint in its json): a WrittenOutputs."""
     from .body import load_body_model
     from .outputs import write_result
-    from .pipeline import check_residual
+    from .results import check_residual
 
     body = load_body_model(result.body_name, settings.fit_options.get("model_path"))
     kind = "photo" if is_photo(source) else "scan"

@@ -82,14 +82,14 @@ class LandmarkTargets:
 
 
 @dataclass
-class FitResult:
+class BodyFit:
     params: BodyParams
     vertices: Tensor  # (B, V, 3) the fitted body, all vertices
     residuals: Tensor  # (B, N) distance of each fitted target vertex to its target, metres
 
-    def item(self, b: int) -> "FitResult":
+    def item(self, b: int) -> "BodyFit":
         """Batch item b (keeping a batch dimension of 1)."""
-        return FitResult(self.params.index(b), self.vertices[b : b + 1], self.residuals[b : b + 1])
+        return BodyFit(self.params.index(b), self.vertices[b : b + 1], self.residuals[b : b + 1])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -521,7 +521,7 @@ def fit_to_vertices(
     weights: Tensor | None = None,
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
-) -> FitResult:
+) -> BodyFit:
     """Body parameters whose vertices `vertex_ids` (all when None) best match `targets` (B, N, 3), metres.
     weights (B, N) optional per-target confidences; landmarks: more points to match (see LandmarkTargets)."""
     options = options or FitOptions()
@@ -558,7 +558,7 @@ def fit_to_vertices(
     with torch.no_grad():
         vertices = body(params).vertices
         residuals = (vertices[:, vertex_ids] - targets).norm(dim=-1)
-    return FitResult(params=params, vertices=vertices, residuals=residuals)
+    return BodyFit(params=params, vertices=vertices, residuals=residuals)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -570,13 +570,13 @@ SURFACE_PAIRS = 2000  # body vertices and scan points paired each round of refin
 
 def refine_with_pairs(
     body: BodyModel,
-    fit: FitResult,
+    fit: BodyFit,
     targets: Tensor,
     pairing: list,
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
-) -> FitResult:
+) -> BodyFit:
     """ICP-style rounds: each round, `pairing[b](current vertices (V, 3) numpy)` returns body vertex ids (K,)
     and their goals (K, 3) (metres, model frame) for batch item b, and optionally the pairs' weights (K,) (1 when
     absent); Levenberg-Marquardt then solves with the LVD vertices as an anchor (unit-weight pairs weigh
@@ -606,7 +606,7 @@ def refine_with_pairs(
     params = BodyParams.concatenate(refined)
     with torch.no_grad():
         vertices = body(params).vertices
-    return FitResult(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))
+    return BodyFit(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))
 
 
 def surface_pairing(body: BodyModel, scan: np.ndarray, seed: int = 0):
@@ -630,14 +630,14 @@ def surface_pairing(body: BodyModel, scan: np.ndarray, seed: int = 0):
 
 def refine_to_surface(
     body: BodyModel,
-    fit: FitResult,
+    fit: BodyFit,
     targets: Tensor,
     scan_points: list[Tensor],
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
     pairing=None,
-) -> FitResult:
+) -> BodyFit:
     """Fit the body into the scan (`refine_with_pairs`). scan_points: per batch item (M_b, 3), metres.
     pairing(body, scan (M, 3) numpy) makes each item's pairing: by default `lvd_core.clothing.clothing_pairing`
     (the body inside the clothes, on the skin); `surface_pairing` pulls it onto the scan everywhere."""
@@ -651,7 +651,7 @@ def refine_to_surface(
 # the paper's fit, kept as the baseline
 
 
-def paper_fit(body: BodyModel, targets: Tensor, vertex_ids: Tensor | None = None, iterations: int = 500, lr: float = 0.1, shape_weight: float = 0.01) -> FitResult:
+def paper_fit(body: BodyModel, targets: Tensor, vertex_ids: Tensor | None = None, iterations: int = 500, lr: float = 0.1, shape_weight: float = 0.01) -> BodyFit:
     """The authors' recipe: Adam over all parameters from the rest pose (scale 1), lr linearly decayed to 0,
     loss = mean L1 vertex distance + shape_weight * mean(shape^2)."""
     targets = targets.to(device=body.device, dtype=body.dtype)
@@ -672,4 +672,4 @@ def paper_fit(body: BodyModel, targets: Tensor, vertex_ids: Tensor | None = None
     params = free.params().detach()
     with torch.no_grad():
         vertices = body(params).vertices
-    return FitResult(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))
+    return BodyFit(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))

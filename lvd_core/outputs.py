@@ -26,7 +26,7 @@ from .body import BodyModel, load_body_model
 from .inputs.frame import QUARTER_TURNS, apply_transform
 from .inputs.scan import METRES_PER_UNIT
 from .measurements import fit_description
-from .pipeline import FitResult
+from .results import FitResult
 
 PARAMS_FRAME_NOTE = (
     "pose (axis-angles, radians, each joint relative to its parent; the root's is global), shape, translation "

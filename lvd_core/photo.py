@@ -32,9 +32,9 @@ from .inputs.image import PersonCrop, crop_person, load_image, load_mask, networ
 from .inputs.person_mask import NoPersonError, find_person
 from .nets.compact_image import PERSON_UNITS, CompactImageLVD, photo_axes
 from .inputs.frame import apply_transform
-from .pipeline import (
-    FitResult, InputError, StageTimer, held_extremities, load_network, report_progress, resolve_weights,
-)
+from .checkpoints import load_network, resolve_weights
+from .pipeline import held_extremities
+from .results import FitResult, InputError, StageTimer, report_progress
 from .synth.renders import rasterize
 from .transfer import TRANSFERRED_BODIES, source_model, transferred
 

@@ -11,8 +11,7 @@ the descent and the fit batched (for a GPU).
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,31 +19,20 @@ import torch
 
 from .body import BodyModel, BodyParams, load_body_model
 from .canonical import body_kind, scan_frame, yaw_rotation
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import MIRRORED_BODIES, load_network, resolve_weights
 from .descent import descend
 from .devices import pick_device
 from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
 from .hands import EITHER_SIDE, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
-from .inputs.scan import Scan, ScanError, load_scan
+from .inputs.scan import Scan, load_scan
 from .landmarks.detect import INDEX, Landmarks
 from .nets.compact import CompactScanLVD
-from .resources import weights_dir
+from .results import FitResult, InputError, StageTimer, report_progress
 from .transfer import TRANSFERRED_BODIES, source_model, transferred
 from .synth.poses import relaxed_finger_pose
 
-WEIGHTS_DIR = weights_dir()
-# The checkpoint each shipped body model uses by default (under WEIGHTS_DIR or a user's checkpoint folder).
-DEFAULT_SCAN_WEIGHTS = {
-    "anny": "anny-body-scan/checkpoint.pt",
-    "anny-hand": "anny-hand-scan/checkpoint.pt",
-    "anny-hand-right": "anny-hand-scan/checkpoint.pt",
-    "anny-hand-left": "anny-hand-scan/checkpoint.pt",  # on the mirrored scan (see MIRRORED_BODIES)
-}
-# Bodies fitted with their mirror twin's network: the scan is mirrored (x -> -x) for the network and the
-# prediction mirrored back. Anny's left hand is the right hand mirrored vertex for vertex (same indices).
-MIRRORED_BODIES = {"anny-hand-left": "anny-hand-right"}
 SURFACE_POINTS = 4000  # scan points the surface refinement matches against
 # Facings LVD tries on a body scan where the person detector found no person (its facing is then unknown).
 FALLBACK_FACINGS = 4
@@ -76,120 +64,6 @@ MIRROR = np.diag([-1.0, 1.0, 1.0])
 # the wrong limbs, which the fit cannot follow. Calibrated on held-out scans (benchmarks/README.md): it marks the
 # fits over 100 mm mean vertex error and few others; on hands it is looser.
 DOUBT_SHARE = 0.017
-# A fit whose median scan-to-body distance exceeds this share of the body's size is refused: no body fits so
-# badly unless the scan was read in the wrong units or up axis (fits of real scans lie under 3%).
-MAX_RESIDUAL_SHARE = 0.1
-
-
-class FitCancelled(Exception):
-    """The caller's cancel event was set; nothing was returned."""
-
-
-class InputError(ValueError):
-    """The input or the options cannot be fitted; the message is one line: the problem and the fix."""
-
-
-@dataclass
-class FitResult:
-    """One fitted input. `params` (batch 1) are in the model frame (metres, model up axis);
-    `input_from_model` (4, 4) maps that frame to the input's own frame and units; `vertices_input` (V, 3) is
-    the fitted mesh there. residual_mm: median distance from the scan to the fitted body, in mm."""
-
-    body_name: str
-    params: BodyParams
-    input_from_model: np.ndarray
-    vertices_input: np.ndarray
-    lvd_vertices_input: np.ndarray  # (N, 3) what the network predicted, input frame ...
-    lvd_vertex_ids: np.ndarray  # (N,) ... for these body vertices (its vertex subset; twice over if read mirrored)
-    residual_mm: float
-    units: str
-    timings: dict = field(default_factory=dict)
-    facing_deg: float = 0.0
-    batch_size: int = 1  # scans fitted together (fit_scans); the timings are then the whole batch's
-    # Median distance from the network's vertices to the fitted body's, mm in the model frame (like residual_mm),
-    # and whether it is past DOUBT_SHARE of the model's size: the network misread the pose, check the fit.
-    disagreement_mm: float = float("nan")
-    doubtful: bool = False
-    # Whether the person detector found the person (and so their facing) on the scan; None: not looked for.
-    person_found: bool | None = None
-    # Median distance from the fitted body's landmarks to the detected ones, mm in the model frame (NaN: none);
-    # past LANDMARK_DOUBT_SHARE of the model's size, the fit is doubtful too.
-    landmark_disagreement_mm: float = float("nan")
-    # Hands whose side was chosen (lvd_core.hands): the other side's residual minus this one's, mm, and whether
-    # that is too small to tell the sides apart (check the side).
-    side_gap_mm: float = float("nan")
-    side_uncertain: bool = False
-
-    def quality_label(self, short: bool = False) -> str:
-        """How well the body fits its input, for people: a sentence, or a table cell."""
-        if short:
-            return f"{self.residual_mm:.1f} mm" + (", check" if self.doubtful or self.side_uncertain else "")
-        label = f"residual {self.residual_mm:.1f} mm (median distance from the scan to the fitted body)"
-        if self.doubtful:
-            landmarks = "" if np.isnan(self.landmark_disagreement_mm) else (
-                f", the detected landmarks {self.landmark_disagreement_mm:.0f} mm")
-            label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body"
-                      f"{landmarks}, as when it misreads an unusual pose: check the fit")  # fmt: skip
-        if self.side_uncertain:
-            label += (f"; the other hand fits nearly as well ({self.side_gap_mm:.1f} mm farther from the scan): check that it "
-                      f"is a {self.body_name.rsplit('-', 1)[-1]} hand or force the side")  # fmt: skip
-        return label
-
-
-class StageTimer:
-    """Call with a stage's name when it ends: `timings` holds each stage's seconds since the previous call."""
-
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-        self._clock = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._clock, 3)
-        self._clock = now
-
-
-def report_progress(progress, fraction: float, message: str, cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise FitCancelled("cancelled")
-    if progress is not None:
-        progress(fraction, message)
-
-
-def resolve_weights(body: str, weights: str | Path | None, checkpoint_folder: str | Path | None = None, *,
-                    defaults: dict = DEFAULT_SCAN_WEIGHTS, kind: str = "scan", no_default: str | None = None) -> Path:  # fmt: skip
-    """The checkpoint file to use: the given one, else the default for `body` (from `defaults`) in the user's
-    folder or ours. kind names the network in messages; no_default: the fix to suggest when none ships."""
-    if weights:
-        return Path(weights).expanduser()
-    default = defaults.get(body)
-    if default is None:
-        fix = no_default or (f"train one with `lvd train --body {body} --model-file ...` or pass the authors' released "
-                             "checkpoint with --weights")  # fmt: skip
-        raise InputError(f"no trained {kind} network ships for the {body} body model: {fix}")
-    for folder in ([Path(checkpoint_folder).expanduser()] if checkpoint_folder else []) + [WEIGHTS_DIR]:
-        if (folder / default).is_file():
-            return folder / default
-    raise InputError(f"the {kind} network for {body} is missing ({WEIGHTS_DIR / default}): reinstall LVD or pass --weights")
-
-
-_network_cache: dict[tuple, torch.nn.Module] = {}
-
-
-def load_network(path: Path, device: torch.device) -> torch.nn.Module:
-    """Our checkpoint or the authors' released file (cached per process)."""
-    key = (str(path), str(device))
-    if key not in _network_cache:
-        try:
-            _network_cache[key] = load_checkpoint(path, device=device)
-        except CheckpointError as ours:
-            from .checkpoints import load_paper_checkpoint
-
-            try:
-                _network_cache[key] = load_paper_checkpoint(path, device=device)
-            except CheckpointError:
-                raise ours from None
-    return _network_cache[key]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -488,7 +362,7 @@ class _ScanInModel:
         return torch.as_tensor(self.targets[facing : facing + 1], dtype=self.dtype, device=self.device)
 
     def choose(self, fits: list):
-        """Of the lvd_core.fit.FitResults (one per shortlisted facing, refined against the scan), the one whose body
+        """Of the lvd_core.fit.BodyFits (one per shortlisted facing, refined against the scan), the one whose body
         lies closest to the scan: the smallest median scan-to-body distance (the result's residual_mm; the median
         shrugs off an object held in the hand). The shortlist has already dropped the facings whose LVD vertices
         the body model cannot take (figures at SHORTLIST)."""
@@ -530,7 +404,7 @@ def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -
     """The body fit of scans that share fit_scale, batched. With several facings, a quick fit of every facing
     of every scan first shortlists each scan's SHORTLIST facings whose quick bodies stay closest to their LVD
     vertices. Then the full fit of every shortlisted facing. Returns, per scan, the (batch-1)
-    lvd_core.fit.FitResult of each facing in its `shortlist`."""
+    lvd_core.fit.BodyFit of each facing in its `shortlist`."""
     facings = len(group[0].targets)
     if facings > 1:
         quick = FitOptions(fit_scale=group[0].fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
@@ -601,13 +475,3 @@ def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
     from scipy.spatial import cKDTree
 
     return float(np.median(cKDTree(target).query(source, k=1)[0]))
-
-
-def check_residual(result: FitResult, fix: str) -> None:
-    """ScanError when the fit's median scan-to-body distance is over MAX_RESIDUAL_SHARE of the body's size: the
-    scan was read in the wrong units or up axis (or is no body), and its numbers would be nonsense. `fix`: what
-    the user can do, in the caller's words."""
-    model_vertices = apply_transform(np.linalg.inv(result.input_from_model), result.vertices_input)
-    size_mm = 1000 * float(np.ptp(model_vertices, axis=0).max())
-    if not result.residual_mm <= MAX_RESIDUAL_SHARE * size_mm:  # also NaN
-        raise ScanError(f"the fit is off: the scan lies {result.residual_mm:.0f} mm (median) from a {size_mm:.0f} mm body; {fix}")

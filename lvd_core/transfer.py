@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,11 +23,9 @@ from torch import Tensor
 
 from .body import BodyModel, BodyParams
 from .body.base import BodyOutput, axis_angle_to_matrix, global_rotations, matrix_to_axis_angle, posed_joints
-from .fit import FitOptions, FitResult, LandmarkTargets, kabsch, refine_with_pairs
+from .fit import BodyFit, FitOptions, LandmarkTargets, kabsch, refine_with_pairs
 from .inputs.frame import QUARTER_TURNS, apply_transform
-
-if TYPE_CHECKING:
-    from .pipeline import FitResult as ScanFitResult
+from .results import FitResult
 
 SIDES = (("left", "L"), ("right", "R"))
 ANNY_FINGERS = {"thumb": 1, "index": 2, "middle": 3, "ring": 4, "pinky": 5}
@@ -238,7 +235,7 @@ def transfer_fit(
     ids = torch.tensor([fast.vertex_count + fast.joint_names.index(matched[k]) for k in strict], device=target_body.device)
     anchors, loose = joint_targets[:, strict], _loose_joint_rows(model, matched, joint_targets)
     no_pairs = lambda current: (np.zeros(0, dtype=np.int64), np.zeros((0, 3)))  # noqa: E731
-    first = FitResult(start_params, None, None)  # refine_with_pairs starts from the parameters only
+    first = BodyFit(start_params, None, None)  # refine_with_pairs starts from the parameters only
     first = refine_with_pairs(model, first, anchors, [no_pairs], ids, options.joint_fit or TRANSFER_JOINT_FIT, loose)
     with torch.no_grad():
         placed = model(first.params).vertices[0, : fast.vertex_count].cpu().double().numpy()
@@ -311,7 +308,7 @@ def shortest_turn(a: Tensor, b: Tensor) -> Tensor:
     return axis_angle_to_matrix(axis / axis.norm().clamp_min(1e-12) * torch.atan2(axis.norm(), a @ b))
 
 
-def transfer_result(result: "ScanFitResult", target_body: BodyModel, options: TransferOptions | None = None):
+def transfer_result(result: FitResult, target_body: BodyModel, options: TransferOptions | None = None):
     """A pipeline result of an Anny fit (lvd_core.pipeline.fit_scan / fit_photo with body=source_model(target))
     as the same fit of `target_body`: its parameters (target model frame), its mesh in the input's frame and
     units, and `input_from_model` for the target's frame. Returns (that result, TransferReport).

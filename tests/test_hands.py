@@ -9,7 +9,8 @@ from lvd_core import hands
 from lvd_core.body import load_body_model
 from lvd_core.hands import choose_side, forearm_cut, without_forearm
 from lvd_core.inputs.scan import load_scan
-from lvd_core.pipeline import WEIGHTS_DIR, fit_scan
+from lvd_core.checkpoints import WEIGHTS_DIR
+from lvd_core.pipeline import fit_scan
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params
 from lvd_core.synth.forearms import with_forearm
 
@@ -82,7 +83,7 @@ def test_without_forearm_keeps_a_mesh_whole():
 
 
 def test_choose_side_keeps_the_fit_closest_to_the_scan():
-    from lvd_core.pipeline import FitResult
+    from lvd_core.results import FitResult
 
     def fit(name, residual):
         return FitResult(name, None, np.eye(4), np.zeros((1, 3)), np.zeros((1, 3)), np.zeros(1, int), residual, "m",

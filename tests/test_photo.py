@@ -12,7 +12,8 @@ from lvd_core.inputs.image import crop_person
 from lvd_core.nets.base import diagonal_of_all_offsets
 from lvd_core.nets.compact_image import PERSON_UNITS, CompactImageLVD, PhotoFrame
 from lvd_core.photo import NoPersonError, fit_photo, silhouette_iou
-from lvd_core.pipeline import WEIGHTS_DIR, FitResult
+from lvd_core.checkpoints import WEIGHTS_DIR
+from lvd_core.results import FitResult
 from lvd_core.synth.dataset import BodySampling
 from lvd_core.train_image import ImageTrainConfig, synthetic_photo, train
 

@@ -11,7 +11,9 @@ from lvd_core.checkpoints import CheckpointError
 from lvd_core.inputs.image import ImageInputError
 from lvd_core.inputs.scan import ScanError, load_scan
 from lvd_core.photo import fit_photo
-from lvd_core.pipeline import WEIGHTS_DIR, FitCancelled, InputError, fit_scan, fit_scans
+from lvd_core.checkpoints import WEIGHTS_DIR, load_network, resolve_weights
+from lvd_core.pipeline import fit_scan, fit_scans
+from lvd_core.results import FitCancelled, InputError
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params, to_file_frame
 
 # The bound: the fitted body lies on an unclothed scan of known parameters to under 1 cm on average
@@ -119,7 +121,7 @@ def test_each_yaw_reading_of_a_hand_comes_back_to_the_scan(monkeypatch, jitter_d
     body = load_body_model("anny-hand-right")
     rng = np.random.default_rng(11)
     scan = make_scan(body, sample_params(body, rng, 1, BodySampling(families=("open",))), rng, realism=ScanRealism.clean(points=8000))
-    network = pipeline.load_network(pipeline.resolve_weights("anny-hand-right", None), torch.device("cpu"))
+    network = load_network(resolve_weights("anny-hand-right", None), torch.device("cpu"))
     monkeypatch.setattr(pipeline, "YAW_JITTER_DEG", {"hand": jitter_deg})
     seen = load_scan((scan.points, None), units="m", kind="hand")
     [prediction], ids = pipeline.predict_vertices(network, [seen], torch.device("cpu"), 10, 4)
@@ -135,7 +137,7 @@ def test_a_body_read_mirrored_predicts_the_twins_of_the_networks_vertices(clean_
 
     body = load_body_model("anny")
     twins = body.mirror_twins()
-    network = pipeline.load_network(pipeline.resolve_weights("anny", None), torch.device("cpu"))
+    network = load_network(resolve_weights("anny", None), torch.device("cpu"))
     seen = load_scan((clean_scan.points, None), units="m", kind="body")
     [prediction], ids = pipeline.predict_vertices(network, [seen], torch.device("cpu"), 10, 1, twins)
     n = network.vertex_count

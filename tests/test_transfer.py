@@ -115,7 +115,7 @@ def test_posed_shaped_anny_transfers_to_body_standin(kind, family, standin_files
     """A pipeline result of an Anny fit (scan in cm, Y-up) becomes the target's, in the same input frame."""
     from lvd_core.inputs.frame import QUARTER_TURNS
     from lvd_core.inputs.frame import apply_transform
-    from lvd_core.pipeline import FitResult
+    from lvd_core.results import FitResult
 
     source = load_body_model("anny")
     target = load_body_model(kind, standin_files[kind])
