@@ -10,14 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .body import HAND_MODEL_NAMES, BodyModel
+from .body import BodyModel
 from .inputs.frame import NormalizedFrame, normalize
 from .inputs.scan import Scan
-
-
-def body_kind(body: BodyModel) -> str:
-    """"hand" or "body": how scans of this model are sized (largest extent or height)."""
-    return "hand" if body.name in HAND_MODEL_NAMES else "body"
 
 
 def canonical_frame(points: np.ndarray, up: str, kind: str, units: str = "m") -> NormalizedFrame:
@@ -80,7 +75,7 @@ def rest_template(body: BodyModel) -> np.ndarray:
 def canonical_template(body: BodyModel, vertex_ids: np.ndarray) -> np.ndarray:
     """(N, 3) the rest body's vertices `vertex_ids` in its own canonical frame: where the descent starts."""
     rest = rest_template(body)
-    frame = canonical_frame(rest, body.up_axis, body_kind(body))
+    frame = canonical_frame(rest, body.up_axis, body.kind)
     return frame.to_canonical(rest[vertex_ids]).astype(np.float32)
 
 

@@ -257,10 +257,9 @@ def fit_input(source: Path, stem: str, settings: FitSettings) -> tuple:
 def load_input_scan(source: Path, options: dict):
     """The scan as the fit reads it, loaded once for the fit and the preview."""
     from .body import load_body_model
-    from .canonical import body_kind
     from .inputs.scan import load_scan
 
-    kind = body_kind(load_body_model(options["body"], options.get("model_path")))
+    kind = load_body_model(options["body"], options.get("model_path")).kind
     return load_scan(source, units=options.get("units"), up=options.get("up"), kind=kind)
 
 

@@ -46,8 +46,8 @@ class FitOptions:
     # above it stop pulling.
     robust_scale: float = 0.03
     fit_scale: bool = True
-    # Anny: ages the fit restarts from once settled (see escape_shape_minima); () to skip.
-    age_probes: tuple = (0.3, 0.55, 0.8, 0.95)
+    # Restart from the body model's BodyModel.shape_restarts once settled (escape_shape_minima), for this many steps.
+    shape_restarts: bool = True
     probe_iterations: int = 4
     # Joints kept at their starting rotation (names; absent ones ignored): e.g. fingers and toes, which a few
     # hundred scan correspondences cannot pin down, to fit a body scan 2-3x faster.
@@ -485,17 +485,16 @@ def robust_scale(targets: Tensor, options: FitOptions) -> Tensor:
     return options.robust_scale * body_size(targets)
 
 
-def escape_shape_minima(body: BodyModel, free: _Free, goals: _Goals, options: FitOptions) -> None:
-    """Anny's phenotypes blend anchor shapes piecewise-linearly (age anchors at 1/3 and 2/3), and the pose
-    adapts to whatever age the fit settles at: Levenberg-Marquardt then stays a few mm from the answer when it
-    lies past a kink. Restart from probe ages (everything else as fitted; a short full stage from each, all in
-    one batch) and keep, per input, the best when it beats the current fit."""
+def escape_shape_minima(body: BodyModel, free: _Free, goals: _Goals, options: FitOptions) -> bool:
+    """Levenberg-Marquardt stays in the shape's local minimum where the body model's shape space has kinks:
+    restart from the model's `shape_restarts` (everything else as fitted; a short full stage from each, all in
+    one batch) and keep, per input, the best when it beats the current fit. False: the model has no restarts."""
     batch = goals.targets.shape[0]
     current = free.params().detach()
-    probes = torch.tensor(options.age_probes, dtype=body.dtype, device=body.device)
-    count = len(probes)
-    shapes = current.shape.repeat(count, 1)  # probe k of item b at row k * batch + b
-    shapes[:, body.shape_names.index("age")] = probes.repeat_interleave(batch)
+    shapes = body.shape_restarts(current.shape)  # restart k of item b at row k * batch + b
+    if shapes is None:
+        return False
+    count = len(shapes) // batch
     many = lambda t: t.repeat(count, *[1] * (t.dim() - 1))  # noqa: E731
     trial = _Free(
         body,
@@ -512,6 +511,7 @@ def escape_shape_minima(body: BodyModel, free: _Free, goals: _Goals, options: Fi
             chosen = getattr(trial, name).detach()[rows]
             mask = improved.reshape(-1, *[1] * (chosen.dim() - 1))
             getattr(free, name).copy_(torch.where(mask, chosen, getattr(free, name)))
+    return True
 
 
 def fit_to_vertices(
@@ -550,8 +550,7 @@ def fit_to_vertices(
     # still pulls) down to 1x.
     scale = robust_scale(targets, options)
     run("full", options.full_iterations, 10 * scale)
-    if "age" in body.shape_names and options.age_probes:
-        escape_shape_minima(body, free, goals, options)
+    if options.shape_restarts and escape_shape_minima(body, free, goals, options):
         run("full", options.full_iterations // 2, 10 * scale)
     run("full", options.robust_iterations, scale)
     params = free.params().detach()

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from .body.base import BodyModel, BodyParams
-from .canonical import body_kind
 
 UP_INDEX = {"y": 1, "z": 2}
 TORSO_PARTS = ("torso", "thigh")  # the parts a circumference's cut keeps (not the arms and hands hanging beside it)
@@ -116,7 +115,7 @@ def fit_description(body: BodyModel, params: BodyParams, real_size: bool) -> dic
     """readable_phenotypes of one fitted body (batch 1); without the sizes (metres) when the fit does not know
     the person's real size (unitless scans, photos): they would be those of a body scaled to the model's height.
     Hands: nothing."""
-    if body_kind(body) == "hand":  # a hand's phenotypes and length say little about the person
+    if body.kind == "hand":  # a hand's phenotypes and length say little about the person
         return {}
     readable = readable_phenotypes(body, params)[0]
     return readable if real_size else {name: value for name, value in readable.items() if not name.endswith("_m")}

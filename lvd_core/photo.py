@@ -47,7 +47,7 @@ DESCENT_ITERATIONS = 5  # the paper's for images; the descent settles in 4-5 ste
 SILHOUETTE_WEIGHT = 5.0
 # The size is unknown (fit_scale). No age restarts: they fix millimetre-deep shape minima, photo LVD is centimetres
 # off; measured on 6 crops: the same IoU (0.651 vs 0.652), 38% less fit time.
-PHOTO_FIT = FitOptions(fit_scale=True, age_probes=(), surface_iterations=8, surface_weight=SILHOUETTE_WEIGHT)
+PHOTO_FIT = FitOptions(fit_scale=True, shape_restarts=False, surface_iterations=8, surface_weight=SILHOUETTE_WEIGHT)
 # A photo fit is doubtful when its silhouette covers the person mask this poorly (IoU): the six sample photos reach
 # 0.80-0.92 with the silhouette refinement and 0.72-0.86 without, held-out renders 0.85-0.92; a mask covering two
 # people gives 0.32 (results_photo.md, results_reliability.md).

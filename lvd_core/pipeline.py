@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .body import BodyModel, BodyParams, load_body_model
-from .canonical import body_kind, scan_frame, yaw_rotation
+from .canonical import scan_frame, yaw_rotation
 from .checkpoints import MIRRORED_BODIES, load_network, resolve_weights
 from .descent import descend
 from .devices import pick_device
@@ -89,7 +89,7 @@ def neutral_size(body: BodyModel) -> float:
     with torch.no_grad():
         rest = body(body.zero_params(1)).vertices[0].cpu().numpy()
     extent = rest.max(0) - rest.min(0)
-    return float(extent.max() if body_kind(body) == "hand" else extent["xyz".index(body.up_axis)])
+    return float(extent.max() if body.kind == "hand" else extent["xyz".index(body.up_axis)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def fit_scans(
     report_progress(progress, 0.0, "loading the scan", cancel)
     torch_device = pick_device(device)
     model = load_body_model(body, model_path, device=torch_device)
-    kind = body_kind(model)
+    kind = model.kind
     results: list[FitResult | Exception | None] = [None] * len(sources)
     scans: dict[int, Scan] = {}
     for index, source in enumerate(sources):
@@ -408,7 +408,7 @@ def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -
     facings = len(group[0].targets)
     if facings > 1:
         quick = FitOptions(fit_scale=group[0].fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
-                           robust_iterations=0, age_probes=())  # fmt: skip
+                           robust_iterations=0, shape_restarts=False)  # fmt: skip
         every = torch.as_tensor(np.concatenate([p.targets for p in group]), dtype=model.dtype, device=model.device)
         residuals = fit_to_vertices(model, every, ids, options=quick).residuals.mean(1).cpu().numpy()
         for k, placed in enumerate(group):
@@ -458,7 +458,7 @@ def held_extremities(body: BodyModel) -> dict:
     subset holds a handful of their vertices, too few to pose them (they come out crumpled), and freezing
     them makes the fit 2-3x faster. The fingers are held relaxed (slightly curled, as hands at rest are), not
     straight: fingers carry a fifth of Anny's vertices."""
-    if body_kind(body) != "body":
+    if body.kind != "body":
         return {}
     extremities = ("toe", "finger", "metacarpal", "eye")
     frozen = tuple(n for n in body.joint_names if n.startswith(extremities))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .body import load_body_model
-from .canonical import body_kind, canonical_template, farthest_point_subset, rest_template, scan_frame
+from .canonical import canonical_template, farthest_point_subset, rest_template, scan_frame
 from .checkpoints import load_checkpoint, save_checkpoint
 from .descent import descend
 from .devices import pick_device, training_autocast
@@ -151,7 +151,7 @@ def canonical_view(scan, body) -> tuple[NormalizedFrame, np.ndarray]:
     so training and validation see the frames inference makes. Before, the outliers widened the training
     frames' boxes (bodies about 0.85 high in the canonical frame instead of 1), and the descent on cleaned
     held-out scans was 13 mm worse than on the raw ones (measured)."""
-    loaded = load_scan((scan.points, None), units="m", up=body.up_axis, kind=body_kind(body))
+    loaded = load_scan((scan.points, None), units="m", up=body.up_axis, kind=body.kind)
     frame = scan_frame(loaded)
     return frame, frame.to_canonical(loaded.points.astype(np.float64))
 
@@ -279,7 +279,7 @@ def run_training(config: TrainConfig, build, examples_class, validator, input_ki
     loader = torch.utils.data.DataLoader(
         examples, batch_size=config.batch, num_workers=config.workers, persistent_workers=config.workers > 0
     )
-    kind = body_kind(load_body_model(config.body, config.body_path))
+    kind = load_body_model(config.body, config.body_path).kind
     started, first_step, losses = time.time(), step, []
 
     def save(metrics: dict | None = None) -> None:

@@ -144,12 +144,12 @@ class TransferOptions:
 # joints lying ~5 mm off on a 1.7 m body) keeps betas in N(0, 1)'s range; on 4 posed Anny bodies the default prior
 # let them reach 12 and the surface stage then stalled 13-17 mm off.
 TRANSFER_JOINT_FIT = FitOptions(
-    fit_scale=False, age_probes=(), surface_iterations=6, surface_steps_per_round=6, shape_prior=1e-5
+    fit_scale=False, shape_restarts=False, surface_iterations=6, surface_steps_per_round=6, shape_prior=1e-5
 )  # fmt: skip
 # Both bodies are clean surfaces, so the robust scale is wide (10% of the joints' extent: 15 cm on a body, 12 mm on
 # a hand): at fit.py's 3% a hand's fingertips, 8 mm off, stopped pulling and stayed short.
 TRANSFER_SURFACE_FIT = FitOptions(
-    fit_scale=False, age_probes=(), surface_iterations=8, surface_steps_per_round=2, surface_weight=20.0,
+    fit_scale=False, shape_restarts=False, surface_iterations=8, surface_steps_per_round=2, surface_weight=20.0,
     robust_scale=0.1,
 )  # fmt: skip
 

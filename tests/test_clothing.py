@@ -55,7 +55,7 @@ def test_a_loose_garment_does_not_inflate_the_body():
     ids = torch.arange(0, body.vertex_count, 9)
     g = torch.Generator().manual_seed(0)
     lvd_guess = truth[:, ids] + 0.01 * torch.randn(truth[:, ids].shape, generator=g)  # a network's errors
-    options = FitOptions(fit_scale=False, age_probes=(), full_iterations=4, robust_iterations=2, surface_iterations=6)
+    options = FitOptions(fit_scale=False, shape_restarts=False, full_iterations=4, robust_iterations=2, surface_iterations=6)
     fit = fit_to_vertices(body, lvd_guess, ids, options=options)
     points = [torch.as_tensor(scan.points)]
     plain = refine_to_surface(body, fit, lvd_guess, points, ids, options, pairing=surface_pairing)

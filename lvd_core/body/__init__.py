@@ -9,7 +9,6 @@ import torch
 from .base import BodyModel, BodyModelError, BodyOutput, BodyParams
 
 BODY_MODEL_NAMES = ("anny", "anny-hand", "anny-hand-right", "anny-hand-left", "smpl", "smplx", "mano", "mano-right", "mano-left")
-HAND_MODEL_NAMES = ("anny-hand", "anny-hand-right", "anny-hand-left", "mano", "mano-right", "mano-left")
 
 _cache: dict[tuple, BodyModel] = {}
 

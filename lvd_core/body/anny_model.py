@@ -22,6 +22,7 @@ from .anny_data import ANNY_VARIANTS, model_data_path
 from .base import BodyModel, BodyModelError, BodyParams
 
 
+AGE_RESTARTS = (0.3, 0.55, 0.8, 0.95)  # ages a fit restarts from (AnnyBody.shape_restarts)
 SHAPE_PRIOR_SAMPLES = 20_000  # draws of anny's shape distribution the prior's mean and covariance come from
 
 
@@ -66,6 +67,7 @@ class AnnyBody(BodyModel):
         if variant not in ANNY_VARIANTS:
             raise BodyModelError(f"unknown Anny variant {variant!r}; expected one of {sorted(ANNY_VARIANTS)}")
         self.name = variant
+        self.kind = "body" if variant == "anny" else "hand"
         self.up_axis = "z"
         self.anny = _load_anny(variant)
         m = self.anny
@@ -85,6 +87,15 @@ class AnnyBody(BodyModel):
 
     def default_shape(self) -> Tensor:
         return torch.full((self.shape_size,), 0.5, dtype=self.dtype, device=self.device)
+
+    def shape_restarts(self, shape: Tensor) -> Tensor:
+        """The shape as fitted at each of AGE_RESTARTS: the phenotypes blend anchor shapes piecewise-linearly (age
+        anchors at 1/3 and 2/3) and the pose adapts to whatever age a fit settles at, so a fit stays a few mm from
+        the answer when it lies past a kink."""
+        restarts = shape.repeat(len(AGE_RESTARTS), 1)
+        ages = torch.tensor(AGE_RESTARTS, dtype=shape.dtype, device=shape.device)
+        restarts[:, self.shape_names.index("age")] = ages.repeat_interleave(len(shape))
+        return restarts
 
     def shape_prior(self) -> tuple[Tensor, Tensor]:
         """The Gaussian (in logit space) of the adult phenotypes anny's calibrated distribution draws, the one the

@@ -181,6 +181,7 @@ class BodyModel(torch.nn.Module):
     parents: np.ndarray  # (J,) int64, -1 at the root; parents precede children
     shape_names: list[str]
     shape_bounds: tuple[float, float] | None  # e.g. (0, 1) for Anny phenotypes; None = unbounded (betas)
+    kind: str = "body"  # "hand" for hand models: how scans of it are sized and oriented (lvd_core.canonical)
 
     def _init_tree(self) -> None:
         self.levels = kinematic_levels(self.parents)
@@ -224,6 +225,11 @@ class BodyModel(torch.nn.Module):
     def shape_prior(self) -> tuple[Tensor, Tensor] | None:
         """The shapes people have, as a Gaussian over `unbounded_shape`: mean (S,) and square-root information
         root (S, S) (root @ root.T the inverse covariance), or None for N(0, 1) about `default_shape` (betas)."""
+        return None
+
+    def shape_restarts(self, shape: Tensor) -> Tensor | None:
+        """shape (B, S) as fitted -> (K * B, S) shapes the fit restarts from once settled (restart k of item b at
+        row k * B + b), to leave the shape's local minima; None: the model has none (its shape space is smooth)."""
         return None
 
     def shape_prior_residuals(self, shape: Tensor) -> Tensor:

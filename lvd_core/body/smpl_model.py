@@ -126,8 +126,8 @@ class SMPLFamilyBody(BodyModel):
         except Exception as exc:  # smplx's own checks: report them as one line about the file
             raise BodyModelError(f"{path} could not be built into an {kind.upper()} model: {exc}") from None
         spec = _KINDS[kind]
-        self.kind = kind
         self.name = kind if kind == "smpl" else ("mano-right" if is_right else "mano-left")
+        self.kind = "body" if kind == "smpl" else "hand"
         self.faces = np.asarray(arrays["f"], dtype=np.int64)
         self.joint_names = list(spec["names"])
         self.parents = self.layer.parents.cpu().numpy().astype(np.int64)
@@ -151,7 +151,7 @@ class SMPLFamilyBody(BodyModel):
 
     def _posed(self, params: BodyParams, vertex_ids: Tensor | None = None) -> BodyOutput:
         local = axis_angle_to_matrix(params.full_pose)  # (B, J, 3, 3)
-        if self.kind == "smpl":
+        if self.name == "smpl":
             out = self.layer(betas=params.shape, global_orient=local[:, :1], body_pose=local[:, 1:])
         else:
             out = self.layer(betas=params.shape, global_orient=local[:, :1], hand_pose=local[:, 1:])

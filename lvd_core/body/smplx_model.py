@@ -116,4 +116,3 @@ class SMPLXBody(CorrectiveLBSBody):
             "smplx", "y", arrays["f"], SMPLX_JOINT_NAMES, parents, arrays["v_template"],
             betas_dirs[..., :num_betas], arrays["posedirs"], arrays["J_regressor"], arrays["weights"],
         )  # fmt: skip
-        self.kind = "smplx"
