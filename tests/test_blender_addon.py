@@ -189,6 +189,7 @@ def test_dependency_installer_refuses_offline(addon):
 
 
 # -- fitting ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fit_builds_the_character_on_the_scan(pipeline):
     scan = hand_scan("Scan", offset=(1.0, 2.0, 0.0))
     activate(scan)
@@ -443,6 +444,7 @@ def mean_distance_mm(vertices, points):
     return float(cKDTree(points).query(vertices)[0].mean() * 1000)
 
 
+@pytest.mark.slow
 def test_real_fit_puts_the_character_on_the_scan(real_pipeline):
     scan, world_points = body_scan_object("Person", seed=3, location=(2.0, -1.0, 0.5))
     activate(scan)
@@ -453,6 +455,7 @@ def test_real_fit_puts_the_character_on_the_scan(real_pipeline):
     assert mean_distance_mm(blender_support.evaluated_world_vertices(body_mesh), world_points) < ON_SCAN_MM
 
 
+@pytest.mark.slow
 def test_real_batch_fit_skips_the_broken_object(real_pipeline):
     """All three in one batch (lvd_core.pipeline.fit_scans, as on a GPU): the flat one fails in its place."""
     first, first_points = body_scan_object("Person A", seed=4)

@@ -63,6 +63,7 @@ def test_pip_command_uses_the_cpu_index_or_the_wheelhouse(monkeypatch):
     assert not installer.needs_network()
 
 
+@pytest.mark.slow
 def test_install_replaces_the_folder_whole(offline_pip):
     installation = installer.Installation(offline_pip, "CPU").start()
     assert installation.wait() == ""

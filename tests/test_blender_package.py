@@ -23,6 +23,7 @@ from test_blender_character import placement, random_params
 INSTALLED = "bl_ext.user_default.lvd_fit"
 
 
+@pytest.mark.slow
 def test_zip_installs_and_builds_a_character(tmp_path):
     [zip_path] = build.build(tmp_path, platforms=())
     names = set(zipfile.ZipFile(zip_path).namelist())

@@ -67,6 +67,7 @@ def sample_fit(tmp_path_factory):
 
 
 @needs_bpy
+@pytest.mark.slow
 def test_fit_writes_every_output(sample_fit):
     stdout, out, _ = sample_fit
     for name in ("sample_scan.npz", "sample_scan.json", "sample_scan_body.obj", "sample_scan_body.ply",
@@ -87,6 +88,7 @@ def test_fit_writes_every_output(sample_fit):
     assert f"body: {describe(described)}" in stdout
 
 
+@pytest.mark.slow
 def test_fitted_body_overlays_the_ground_truth(sample_fit):
     _, out, _ = sample_fit
     fitted = np.load(out / "sample_scan.npz")["vertices_input"]
@@ -118,6 +120,7 @@ def test_sample_truth_error_is_zero_for_the_truth():
 
 
 @needs_bpy
+@pytest.mark.slow
 def test_demo_writes_its_files(sample_fit, tmp_path, monkeypatch):
     """The demo's own steps around the fit (the fit itself is the one tested above, reused for speed)."""
     monkeypatch.setattr(pipeline, "fit_scan", lambda *a, **k: copy.deepcopy(sample_fit[2]))
@@ -138,6 +141,7 @@ def write_sample_copy(path: Path, units_per_metre: float, up: str) -> None:
 
 
 @pytest.mark.parametrize("parallel", [["--workers", "2"], ["--batch-size", "4"]], ids=["worker-pool", "batched"])
+@pytest.mark.slow
 def test_batch_skips_bad_files_and_resumes(tmp_path, parallel):
     """Worker processes (the CPU's way) or one batch of scans (the GPU's way, here on the CPU) fit the same."""
     inputs, out = tmp_path / "scans", tmp_path / "out"
@@ -170,6 +174,7 @@ def test_batch_skips_bad_files_and_resumes(tmp_path, parallel):
     assert {path: path.stat().st_mtime_ns for path in out.glob("*.json")} == finished
 
 
+@pytest.mark.slow
 def test_batch_counts_the_fits_marked_doubtful(tmp_path, monkeypatch):
     import lvd_core.pipeline as pipeline
 
@@ -182,6 +187,7 @@ def test_batch_counts_the_fits_marked_doubtful(tmp_path, monkeypatch):
     assert "fitted 1 (1 marked doubtful" in stdout and json.loads((out / "sample.json").read_text())["doubtful"]
 
 
+@pytest.mark.slow
 def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path):
     from PIL import Image
 
@@ -196,6 +202,7 @@ def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path)
     assert "gender" in described and "age_years" in described and not any(name.endswith("_m") for name in described)
 
 
+@pytest.mark.slow
 def test_batch_of_photos_uses_the_masks_beside_them(shared_data, tmp_path):
     """A folder of photos with their <stem>_mask.png (the sample photos' layout): the masks are used, not fitted."""
     from lvd_core.cli import collect_inputs
@@ -266,6 +273,7 @@ def test_train_options_become_the_config(tmp_path):
         assert train_config(build_parser().parse_args(["train", "--precision", precision])).precision == precision
 
 
+@pytest.mark.slow
 def test_console_script_smoke(tmp_path):
     lvd = Path(sys.executable).parent / "lvd"
     if not lvd.exists():

@@ -74,6 +74,7 @@ def fail_writing(monkeypatch, suffix: str) -> None:
 # whole or nothing
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_nothing_and_the_rerun_fits_it(tmp_path, replayed, monkeypatch):
     scans, out = scans_folder(tmp_path, "person.ply"), tmp_path / "out"
     with monkeypatch.context() as patch:
@@ -85,6 +86,7 @@ def test_a_full_disk_leaves_nothing_and_the_rerun_fits_it(tmp_path, replayed, mo
     assert code == 0 and "fitted 1," in stdout and (out / "person.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_failed_refit_leaves_the_earlier_outputs_as_they_were(tmp_path, replayed, monkeypatch):
     scans, out = scans_folder(tmp_path, "person.ply"), tmp_path / "out"
     assert run(["batch", str(scans), "--out", str(out), *NO_BLENDER])[0] == 0
@@ -104,6 +106,7 @@ def test_a_refit_with_fewer_outputs_removes_the_old_ones(tmp_path, replayed):
     assert set(json.loads((out / "person.json").read_text())["outputs"]) == {"npz", "obj", "ply", "json"}
 
 
+@pytest.mark.slow
 def test_the_json_records_the_input_the_tool_and_the_weights(tmp_path, replayed):
     scans, out = scans_folder(tmp_path, "person.ply"), tmp_path / "out"
     assert run(["fit", str(scans / "person.ply"), "--out", str(out), *NO_BLENDER[:2]])[0] == 0
@@ -131,6 +134,7 @@ def test_resume_refits_a_truncated_record_and_a_changed_input(tmp_path, replayed
     assert code == 0 and "fitted 2, skipped 1" in stdout and len(replayed) == 5
 
 
+@pytest.mark.slow
 def test_inputs_of_the_same_name_in_other_folders_get_their_own_outputs(tmp_path, replayed):
     scans, out = scans_folder(tmp_path, "a/x.ply", "b/x.ply"), tmp_path / "out"
     assert run(["batch", str(scans / "b"), "--out", str(out), *NO_BLENDER])[0] == 0
@@ -142,6 +146,7 @@ def test_inputs_of_the_same_name_in_other_folders_get_their_own_outputs(tmp_path
     assert code == 0 and "fitted 0, skipped 2" in stdout
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path, replayed):
     scans, out = scans_folder(tmp_path, "person.ply"), tmp_path / "out"
     with output_folder(out):
@@ -245,6 +250,7 @@ def test_batch_workers_export_after_the_parent_imported_bpy(tmp_path):
         assert (out / f"{stem}.glb").stat().st_size > 0 and (out / f"{stem}.fbx").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_workers_die_with_the_batch(tmp_path):
     """kill -9 of a batch's main process once left its workers fitting, then hanging at ~550 MB each."""
     script = textwrap.dedent("""

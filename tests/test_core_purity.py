@@ -8,9 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import lvd_core
 
 
+@pytest.mark.slow
 def test_no_core_module_imports_blender():
     script = textwrap.dedent("""
         import importlib, pkgutil, sys

@@ -49,6 +49,7 @@ def test_umeyama_recovers_a_similarity():
 
 
 @pytest.mark.parametrize("name", ["smpl", "mano"])
+@pytest.mark.slow
 def test_smpl_family_recovered_exactly_and_under_noise(name, model_files):
     body = load_body_model(name, model_files[name])
     params, truth = _known_bodies(body)
@@ -61,6 +62,7 @@ def test_smpl_family_recovered_exactly_and_under_noise(name, model_files):
     assert max(_mean_error_mm(noisy.vertices, truth)) < 10.0
 
 
+@pytest.mark.slow
 def test_anny_recovered_from_a_subset_and_under_noise():
     body = load_body_model("anny")
     params, truth = _known_bodies(body, pose_scale=0.1)
@@ -73,6 +75,7 @@ def test_anny_recovered_from_a_subset_and_under_noise():
     assert max(_mean_error_mm(noisy.vertices, truth)) < 10.0
 
 
+@pytest.mark.slow
 def test_anny_hand_recovered():
     body = load_body_model("anny-hand")
     params, truth = _known_bodies(body, pose_scale=0.2)
@@ -101,6 +104,7 @@ def test_surface_refinement_pulls_onto_the_scan(model_files):
     assert after < before
 
 
+@pytest.mark.slow
 def test_our_fit_beats_the_papers_adam_baseline(model_files):
     body = load_body_model("mano", model_files["mano"])
     params, truth = _known_bodies(body, batch=1)
@@ -109,6 +113,7 @@ def test_our_fit_beats_the_papers_adam_baseline(model_files):
     assert _mean_error_mm(ours.vertices, truth)[0] < _mean_error_mm(paper.vertices, truth)[0]
 
 
+@pytest.mark.slow
 def test_batch_items_are_solved_independently():
     """In exact arithmetic a batch gives every item what it gets alone (sizes, priors, robust scales and damping
     are per item); float64 shows it to 1e-9 m. (In float32 the unconverged solver paths part by a few mm.)"""
@@ -168,6 +173,7 @@ def test_landmarks_of_the_wrong_shape_are_refused(model_files):
         fit_to_vertices(body, truth, landmarks=bad)
 
 
+@pytest.mark.slow
 def test_closed_form_and_difference_jacobians_fit_alike():
     body = load_body_model("anny-hand")
     _, truth = _known_bodies(body, batch=1, seed=3, pose_scale=0.2)
@@ -179,6 +185,7 @@ def test_closed_form_and_difference_jacobians_fit_alike():
         fit_to_vertices(body, truth[:, ids], ids, options=FitOptions(jacobian="autograd"))
 
 
+@pytest.mark.slow
 def test_surface_refinement_keeps_the_landmarks(model_files):
     body = load_body_model("mano", model_files["mano"])
     params, truth = _known_bodies(body, batch=1)

@@ -135,6 +135,7 @@ def test_a_forearm_barely_moves_the_fit():
     assert with_arm < max(2 * without, without + 0.003)
 
 
+@pytest.mark.slow
 def test_the_sample_hand_scans_keep_their_wrists(shared_data):
     """The real samples end at the wrist: nothing passes for a forearm."""
     for i in range(3):

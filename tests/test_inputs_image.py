@@ -375,6 +375,7 @@ def test_an_all_black_mask_names_its_file(tmp_path):
         load_mask(tmp_path / "photo_mask.png")
 
 
+@pytest.mark.slow
 def test_finding_a_person_prints_nothing(shared_data):
     """mediapipe's TensorFlow Lite and absl used to log their set-up on stderr, between the CLI's own lines."""
     import subprocess

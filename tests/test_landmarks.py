@@ -156,6 +156,7 @@ def real_scan_z_up_mm(shared_data, yaw_deg: float) -> tuple[np.ndarray, np.ndarr
     return vertices @ yaw_rotation(np.radians(yaw_deg)).T, np.asarray(mesh.faces)
 
 
+@pytest.mark.slow
 def test_facing_found_on_the_real_scan_in_any_yaw(shared_data):
     found = []
     for yaw in (0, 90, 180, 270):

@@ -78,6 +78,7 @@ def test_training_smoke_resumes_and_saves_a_loadable_checkpoint(tmp_path):
 
 
 @needs_weights
+@pytest.mark.slow
 def test_fit_photo_on_a_synthetic_render(render):
     photo, crop, _ = render
     result = fit_photo(photo.image, photo.mask, weights=WEIGHTS, device="cpu")
@@ -93,6 +94,7 @@ def test_fit_photo_on_a_synthetic_render(render):
 
 
 @needs_weights
+@pytest.mark.slow
 def test_silhouette_refinement_brings_the_outline_onto_the_mask(render):
     photo, crop, _ = render
     plain = fit_photo(photo.image, photo.mask, weights=WEIGHTS, device="cpu", refine=False)
@@ -102,6 +104,7 @@ def test_silhouette_refinement_brings_the_outline_onto_the_mask(render):
 
 
 @needs_weights
+@pytest.mark.slow
 def test_fit_photo_on_real_photos_with_their_masks(shared_data):
     images = sorted((shared_data / "images").glob("img[0-9].png"))
     assert images
@@ -115,6 +118,7 @@ def test_fit_photo_on_real_photos_with_their_masks(shared_data):
 
 
 @needs_weights
+@pytest.mark.slow
 def test_a_mask_of_two_people_makes_a_doubtful_fit(shared_data):
     """The body cannot cover two people: its IoU falls far under the real photos' (0.26 measured), and the fit
     says so instead of passing for a good one."""

@@ -38,6 +38,7 @@ def _distance_mm(fitted: np.ndarray, scan_points: np.ndarray, metres_per_unit: f
 
 
 @pytest.mark.parametrize("units,up,offset", [("m", "z", 0.0), ("cm", "y", 0.0), ("mm", "z", 2500.0)])
+@pytest.mark.slow
 def test_fit_lands_on_the_input_in_its_own_frame(clean_scan, units, up, offset):
     """Same body in metres Z-up, centimetres Y-up, millimetres far from the origin: the fitted mesh comes back
     in the input's frame and lies on the scan."""
@@ -48,6 +49,7 @@ def test_fit_lands_on_the_input_in_its_own_frame(clean_scan, units, up, offset):
     assert _distance_mm(result.vertices_input, points, metres_per_unit) < LANDS_ON_INPUT_MM
 
 
+@pytest.mark.slow
 def test_progress_and_cancel(clean_scan):
     seen = []
     fit_scan(clean_scan.points, None, facings=1, refine=False, progress=lambda f, m: seen.append(f))
@@ -87,6 +89,7 @@ def test_network_for_another_body_is_refused(clean_scan):
         fit_scan(clean_scan.points, None, weights=hand_weights)
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic(clean_scan):
     a = fit_scan(clean_scan.points, None, facings=1, refine=False)
     b = fit_scan(clean_scan.points, None, facings=1, refine=False)
@@ -95,6 +98,7 @@ def test_fit_is_deterministic(clean_scan):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.slow
 def test_hands_of_both_sides_land_on_their_scans(side):
     """The left hand is fitted with the right hand's network on the mirrored scan, then mirrored back.
     Measured with the shipped network (clean synthetic hand, any orientation): 2.0-2.5 mm from the scan."""
@@ -110,6 +114,7 @@ def test_hands_of_both_sides_land_on_their_scans(side):
 
 
 @pytest.mark.parametrize("jitter_deg", [(-25.0,), (25.0,), (-10.0, 0.0, 10.0)])
+@pytest.mark.slow
 def test_each_yaw_reading_of_a_hand_comes_back_to_the_scan(monkeypatch, jitter_deg):
     """LVD reads a hand at extra yaws (test-time augmentation): each reading's vertices are turned back into
     the scan's frame before they are averaged. A reading left turned by 25 degrees would put a 19 cm hand's
@@ -152,6 +157,7 @@ def test_only_symmetric_bodies_have_mirror_twins():
     assert load_body_model("anny-hand-right").mirror_twins() is None
 
 
+@pytest.mark.slow
 def test_the_facing_whose_vertices_the_body_model_can_take_is_chosen(monkeypatch):
     """Of several facings, the fit keeps the one whose LVD vertices a body of the model can take. Here one
     facing predicts the true vertices and the others the same points in a scrambled vertex order: all cover
@@ -175,6 +181,7 @@ def test_the_facing_whose_vertices_the_body_model_can_take_is_chosen(monkeypatch
     assert np.linalg.norm(result.vertices_input - scan.vertices_gt, axis=1).mean() < 0.003  # metres
 
 
+@pytest.mark.slow
 def test_of_facings_the_model_takes_the_one_on_the_scan_is_kept(monkeypatch):
     """When several facings' LVD vertices are bodies of the model, the fit keeps the one lying on the scan. Here
     one facing predicts the true vertices with 2 mm of noise, another an exact hand of another pose 4 cm beside
@@ -201,6 +208,7 @@ def test_of_facings_the_model_takes_the_one_on_the_scan_is_kept(monkeypatch):
     assert result.facing_deg == angles[true_facing]
 
 
+@pytest.mark.slow
 def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_scan):
     """fit_scans batches the descent and the fit (for a GPU): each scan gets the result it gets alone, in
     its own units (metres and centimetres in one batch), and a bad scan its error, in its place."""
@@ -217,6 +225,7 @@ def test_a_batch_fits_each_scan_as_alone_and_reports_bad_ones_in_place(clean_sca
     assert results[0].batch_size == 2 and alone.batch_size == 1
 
 
+@pytest.mark.slow
 def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
     """A small look-alike of the released LVD_voxels_SMPL file (random values, released key layout) fits a
     synthetic SMPL file through the paper's conventions (Y up, height 1.5, 128^3 grid, start at the origin)."""
@@ -233,6 +242,7 @@ def test_authors_voxel_checkpoint_runs_the_paper_pipeline(tmp_path, clean_scan):
     assert result.lvd_vertices_input.shape == (6890, 3) and np.isfinite(result.vertices_input).all()
 
 
+@pytest.mark.slow
 def test_a_fit_the_network_misread_is_doubtful(monkeypatch):
     """When the network puts vertices on the wrong parts (here half of them moved to other vertices' places,
     all still on the scan), no hand of the model takes them: the fit says it is doubtful and why. The same scan
@@ -268,6 +278,7 @@ def _scan_to_body_mm(result, path, kind):
     return np.median(distance), np.percentile(distance, 90)
 
 
+@pytest.mark.slow
 def test_real_body_scan_end_to_end(shared_data):
     """The clothed RenderPeople sample (cm, Y up): the body is found under the clothes. Bound: the issue's aim,
     a median scan-to-body distance <= 20 mm; the shipped network measures 14.2 mm (p90 29 mm; see the README)."""
@@ -280,6 +291,7 @@ def test_real_body_scan_end_to_end(shared_data):
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.slow
 def test_real_hand_scans_end_to_end(shared_data, index):
     """Unitless hand reconstructions (one holds an object): fitted with the Anny hand at the scan's own size.
     Bound: measured medians are about 2-4% of the scan's size (4.0-6.6 mm of a model-sized hand, see

@@ -186,6 +186,7 @@ def test_worker_fails_inputs_and_out_folders_its_node_does_not_see(tmp_path):
     assert outcome.message.endswith("put inputs and --out on storage every node sees") and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_ray_is_imported_only_for_ray_batches():
     probe = "import sys; from lvd_core import cli; cli.build_parser().parse_args(['batch', 'x', '--ray']); print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

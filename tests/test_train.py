@@ -147,6 +147,7 @@ def test_a_network_of_another_grid_size_trains_and_fits(tmp_path, monkeypatch):
     assert len(seen) >= 2 and set(seen) == {16}
 
 
+@pytest.mark.slow
 def test_lvd_train_and_fit_with_a_users_smpl_file(tmp_path):
     """The licensed-model path end to end with a synthetic file in the official format: `lvd train --body smpl
     --model-file ...` writes a checkpoint that `lvd fit --body smpl --model-file ... --weights ...` uses."""

@@ -29,6 +29,7 @@ def _posed_anny(source, seed, family):
 
 
 @pytest.mark.parametrize("kind", list(FILE_NAMES))
+@pytest.mark.slow
 def test_standins_load_as_their_model(kind, standin_files):
     body = load_body_model(kind, standin_files[kind])
     vertex_count, names, parents, _ = LAYOUTS[kind]
@@ -41,6 +42,7 @@ def test_standins_load_as_their_model(kind, standin_files):
     assert set(np.unique(body.faces)) == set(range(vertex_count))
 
 
+@pytest.mark.slow
 def test_standin_smpl_reads_as_official_pickle(tmp_path):
     """The same arrays as the official chumpy-era .pkl give the same model as the .npz."""
     arrays = standin_arrays("smpl")
@@ -50,6 +52,7 @@ def test_standin_smpl_reads_as_official_pickle(tmp_path):
     assert torch.allclose(pkl(params).vertices, npz(params).vertices, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_smplx_matches_the_smplx_package(tmp_path):
     """Our SMPL-X evaluation (with pose correctives) equals smplx's SMPLXLayer on the same file."""
     smplx = pytest.importorskip("smplx")
