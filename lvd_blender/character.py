@@ -14,6 +14,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from .placement import rigid_and_scale
+
 # Slider range of shape keys for unbounded shape coefficients (SMPL/MANO betas are ~N(0, 1)); Blender's
 # default [0, 1] would clamp them.
 BETA_SLIDER_RANGE = 10.0
@@ -76,14 +78,6 @@ def character_steps(name: str, description: dict, collection=None, *, shape_as_k
 
     _store_fit(armature_obj, description, residual_mm, doubtful)
     return armature_obj, mesh_obj
-
-
-def rigid_and_scale(matrix: np.ndarray) -> tuple[np.ndarray, float]:
-    """(4, 4) similarity -> (the same without its uniform scale, the scale)."""
-    scale = float(abs(np.linalg.det(matrix[:3, :3])) ** (1.0 / 3.0))
-    rigid = np.array(matrix, dtype=np.float64)
-    rigid[:3, :3] /= scale
-    return rigid, scale
 
 
 def scaled_description(description: dict, scale: float) -> dict:

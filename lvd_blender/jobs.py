@@ -1,10 +1,10 @@
 """Long work off Blender's main thread: a plain-Python job over a list of items.
 
-The main thread copies every input to numpy first (the worker never touches bpy: Blender's Python API is
-not thread-safe). The worker calls `work(group, progress, cancel)` per group of items (one item each, or
-several to fit together on a GPU) and posts messages to a queue;
-the main thread drains it (a modal operator on TIMER events, or `run()` synchronously when there is no event
-loop, as in background mode) and applies each result as it arrives, so finished items survive a cancel.
+The main thread copies every input to numpy first (the work never touches bpy). The job calls
+`work(group, progress, cancel)` per group of items (one item each, or several to fit together on a GPU) and
+posts messages; Fit runs it in the fitting process (lvd_blender.worker), which relays them. The main thread
+drains them (a modal operator on TIMER events, or `run()` synchronously when there is no event loop, as in
+background mode) and applies each result as it arrives, so finished items survive a cancel.
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ class Job:
     """Runs `work(group, progress(fraction, text), cancel_event) -> [result or Exception per item]` for each
     group of `group_size` items in turn. Messages (Progress, Done, Failed, then one Finished) arrive on
     `messages`. An Exception in the results fails that item only, one raised fails the group (a ValueError is
-    bad input and its message is shown as is); once cancelled, the remaining groups are skipped."""
+    bad input and its message is shown as is); once cancelled, the remaining groups are skipped. `post`
+    replaces the queue (the fitting process relays each message as it comes)."""
 
-    def __init__(self, items: list[Item], work: Callable, group_size: int = 1):
+    def __init__(self, items: list[Item], work: Callable, group_size: int = 1, post: Callable | None = None):
         self.items = items
         self.work = work
         self.group_size = max(1, group_size)
         self.messages: queue.Queue = queue.Queue()
+        self.post = post or self.messages.put
         self.cancel = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,6 +74,10 @@ class Job:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def stop(self) -> None:
+        """Cancel: the work stops at its next progress report; finished items stay."""
+        self.cancel.set()
+
     def run(self) -> None:
         count = len(self.items)
         for first in range(0, count, self.group_size):
@@ -81,7 +87,7 @@ class Job:
             label = group[0].label if len(group) == 1 else f"{group[0].label} and {len(group) - 1} more"
 
             def progress(fraction: float, text: str, first=first, size=len(group), label=label) -> None:
-                self.messages.put(Progress((first + min(max(fraction, 0.0), 1.0) * size) / count, f"{label}: {text}"))
+                self.post(Progress((first + min(max(fraction, 0.0), 1.0) * size) / count, f"{label}: {text}"))
 
             try:
                 results = self.work(group, progress, self.cancel)
@@ -90,8 +96,8 @@ class Job:
                     break
                 results = [exc] * len(group)
             for item, result in zip(group, results):
-                self.messages.put(Failed(item.label, one_line(result)) if isinstance(result, Exception) else Done(item.label, result))
-        self.messages.put(Finished(cancelled=self.cancel.is_set()))
+                self.post(Failed(item.label, one_line(result)) if isinstance(result, Exception) else Done(item.label, result))
+        self.post(Finished(cancelled=self.cancel.is_set()))
 
     def drain(self) -> list:
         """Every message posted so far (main thread)."""

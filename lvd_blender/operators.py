@@ -1,14 +1,15 @@
 """Operators: they translate the UI into calls of fitting / export and report in one line.
 
-Fit runs as a modal operator (worker thread, progress on TIMER events, Esc cancels) when invoked from the
-UI, and synchronously through execute() for scripts and background mode, where there is no event loop."""
+Fit runs as a modal operator (the fit in the fitting process, progress on TIMER events, Esc cancels) when
+invoked from the UI, and waits for the fit through execute() for scripts and background mode, where there is no
+event loop."""
 
 from __future__ import annotations
 
 import bpy
 from bpy.props import BoolProperty
 
-from . import fitting
+from . import fitting, worker
 from .core import add_dependency_folders, torch_available
 from .export import ExportError, characters_in, export_characters
 from .preferences import model_file_problem, preferences
@@ -20,12 +21,13 @@ RUNNING: dict = {}
 
 
 def stop_running_fits(context) -> None:
-    """Cancel background fits and remove their timers (a thread outliving the add-on could crash Blender)."""
+    """Cancel background fits, remove their timers and end the fitting process (the add-on is going away)."""
     for job, timer in list(RUNNING.values()):
-        job.cancel.set()
+        job.stop()
         job.join(timeout=5.0)
         context.window_manager.event_timer_remove(timer)
     RUNNING.clear()
+    worker.stop_fitting_process()
 
 
 class LVD_OT_fit(bpy.types.Operator):
@@ -77,7 +79,7 @@ class LVD_OT_fit(bpy.types.Operator):
 
     def modal(self, context, event):
         if event.type == "ESC":
-            self._run.job.cancel.set()  # the worker stops after its current step; finished fits stay
+            self._run.job.stop()  # finished fits stay
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         finished = self._run.handle(self._run.job.drain(), context, budget_s=fitting.BUILD_BUDGET_S)
@@ -104,7 +106,7 @@ class LVD_OT_fit(bpy.types.Operator):
             problem = model_file_problem(kind, getattr(prefs, f"{kind}_path"))
             if problem:
                 return self._refuse(problem)
-        fit_settings = fitting.FitSettings.from_context(context, prefs)
+        fit_settings = fitting.fit_settings(context, prefs)
         items, skipped = [], []
         try:
             if settings.input_kind == "PHOTO":

@@ -99,15 +99,18 @@ def addon(tmp_path_factory):
     )
     bpy.ops.preferences.addon_enable(module=PACKAGE)
     yield SimpleNamespace(**{name: importlib.import_module(f"{PACKAGE}.{name}")
-                             for name in ("fitting", "operators", "panel", "preferences", "properties", "jobs", "core")})  # fmt: skip
+                             for name in ("fitting", "fit_work", "worker", "operators", "panel", "preferences", "properties",
+                                          "jobs", "core")})  # fmt: skip
     bpy.ops.preferences.addon_disable(module=PACKAGE)
     bpy.context.preferences.extensions.repos.remove(repo)
 
 
 @pytest.fixture
 def pipeline(addon, monkeypatch):
+    """The fake pipeline, fitting in this process on a thread (the fitting process runs the same jobs.Job)."""
     fake = FakePipeline()
-    monkeypatch.setattr(addon.fitting, "pipeline", lambda: fake)
+    monkeypatch.setattr(addon.fit_work, "pipeline", lambda: fake)
+    monkeypatch.setattr(addon.fitting, "fit_job", addon.fit_work.fit_job)
     blender_support.reset_scene()
     bpy.context.scene.lvd.body_model = "ANNY_HAND"
     return fake
@@ -255,8 +258,8 @@ def test_batch_fit_with_a_batch_size_fits_scans_together(pipeline):
 
 def test_automatic_batch_size_is_one_scan_at_a_time_on_the_cpu(addon):
     settings = addon.fitting.FitSettings("anny", None, None, "cpu", None, True, False)
-    assert addon.fitting.fits_per_group(settings, 5) == 1
-    assert addon.fitting.fits_per_group(addon.fitting.FitSettings("anny", None, None, "auto", None, True, False, 3), 5) == 3
+    assert addon.fit_work.fits_per_group(settings, 5) == 1
+    assert addon.fit_work.fits_per_group(addon.fitting.FitSettings("anny", None, None, "auto", None, True, False, 3), 5) == 3
 
 
 def test_cuda_out_of_memory_falls_back_to_the_cpu(pipeline):
@@ -522,7 +525,7 @@ def test_fit_runs_torch_on_the_clis_thread_count(pipeline, addon):
         assert bpy.ops.lvd.fit() == {"FINISHED"}
     finally:
         torch.set_num_threads(threads)
-    assert pipeline.threads == [addon.fitting.TORCH_THREADS] == [1]
+    assert pipeline.threads == [addon.fit_work.TORCH_THREADS] == [1]
 
 
 def test_auto_body_model_fits_the_hand_model_to_a_hand_sized_mesh(pipeline):
