@@ -43,6 +43,21 @@ PLATFORM_TAGS = {
     "macos-arm64": ["macosx_14_0_arm64"],
 }
 PLATFORMS = tuple(PLATFORM_TAGS)
+# Each platform's environment markers (PEP 508), to read which of a wheel's dependencies apply there.
+PLATFORM_MARKERS = {
+    "linux-x64": {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": "x86_64"},
+    "windows-x64": {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt", "platform_machine": "AMD64"},
+    "macos-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "os_name": "posix", "platform_machine": "arm64"},
+}
+# Dependencies the bundled wheels declare that the zips do not carry, and why.
+NOT_BUNDLED = {
+    "torch": "Install Dependencies installs it (lvd_blender.installer)",
+    "numpy": "Blender ships it (1.26.4 in Blender 4.2 to 5.0)",
+    "requests": "Blender ships it",
+    "warp-lang": "anny's GPU skinning, which lvd_core does not use (it skins the model itself)",
+    # mediapipe's legacy solutions (lvd_core's person detection) never import these
+    "jax": "", "jaxlib": "", "sentencepiece": "", "sounddevice": "", "opencv-contrib-python": "",
+}  # fmt: skip
 
 
 def blender_ext_script() -> Path:
@@ -95,7 +110,45 @@ def download_wheels(platform: str) -> list[Path]:
     wanted = required_projects()
     if {wheel_project(wheel) for wheel in wheels} != wanted or len(wheels) != len(wanted):
         sys.exit(f"{folder} does not hold exactly one wheel per line of {REQUIREMENTS.name}: delete it and build again")
+    unmet = unmet_dependencies(platform, wheels)
+    if unmet:
+        sys.exit(f"the {platform} wheels need what {REQUIREMENTS.name} does not list: {'; '.join(unmet)}")
     return wheels
+
+
+def unmet_dependencies(platform: str, wheels: list[Path]) -> list[str]:
+    """The dependencies of `wheels` that apply on `platform` (Python PYTHON_VERSION) and that neither another of
+    `wheels` meets nor NOT_BUNDLED names, as "project: requirement" (empty: the wheels install whole)."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    environment = {**default_environment(), **PLATFORM_MARKERS[platform], "python_version": PYTHON_VERSION,
+                   "python_full_version": f"{PYTHON_VERSION}.0", "implementation_name": "cpython",
+                   "platform_python_implementation": "CPython", "extra": ""}  # fmt: skip
+    metadata = {wheel: wheel_metadata(wheel) for wheel in wheels}
+    versions = {project_name(data["Name"]): data["Version"] for data in metadata.values()}
+    unmet = []
+    for wheel, data in metadata.items():
+        for line in data.get_all("Requires-Dist") or []:
+            requirement = Requirement(line)
+            name = project_name(requirement.name)
+            if requirement.marker is not None and not requirement.marker.evaluate(environment):
+                continue
+            if name in NOT_BUNDLED:
+                continue
+            if name not in versions or not requirement.specifier.contains(versions[name], prereleases=True):
+                unmet.append(f"{wheel_project(wheel)}: {line}")
+    return unmet
+
+
+def wheel_metadata(wheel: Path):
+    """The wheel's METADATA (an email.message.Message: Name, Version, Requires-Dist ...)."""
+    import email.parser
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        [name] = [name for name in archive.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", name)]
+        return email.parser.Parser().parsestr(archive.read(name).decode())
 
 
 def manifest_with_wheels(manifest: str, platforms: list[str], wheels: list[str]) -> str:

@@ -12,7 +12,7 @@ from bpy.props import BoolProperty
 from . import fitting, worker
 from .core import add_dependency_folders, torch_available
 from .export import ExportError, characters_in, export_characters
-from .preferences import model_file_problem, preferences
+from .preferences import preferences
 from .properties import LICENSED_BODY_MODELS
 
 TIMER_STEP_S = 0.1
@@ -102,8 +102,7 @@ class LVD_OT_fit(bpy.types.Operator):
             return self._refuse("PyTorch is not installed: use Install Dependencies in the LVD add-on preferences")
         settings = context.scene.lvd
         if settings.body_model in LICENSED_BODY_MODELS:
-            kind = settings.body_model.lower()
-            problem = model_file_problem(kind, getattr(prefs, f"{kind}_path"))
+            problem = getattr(prefs, f"{settings.body_model.lower()}_problem")  # found when the file was chosen
             if problem:
                 return self._refuse(problem)
         fit_settings = fitting.fit_settings(context, prefs)

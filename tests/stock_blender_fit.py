@@ -5,6 +5,7 @@ LVD_WHEELHOUSE), then Fit the scan. Prints one JSON line (the last) for the test
     python stock_blender_fit.py EXTENSION_ZIP SCAN_OBJ PHOTO   (BLENDER_USER_RESOURCES and LVD_WHEELHOUSE set)
 """
 
+import importlib.util
 import json
 import sys
 import time
@@ -63,7 +64,9 @@ def main(zip_path: str, scan_path: str, photo_path: str) -> dict:
     bpy.context.scene.lvd.photo_path = photo_path
     run_operator(report, "photo_fit", bpy.ops.lvd.fit)
     character(report, "photo_")
-    report["torch_file"] = getattr(sys.modules.get("torch"), "__file__", None)
+    torch = importlib.util.find_spec("torch")  # the PyTorch the fitting process imports (the same sys.path)
+    report["torch_file"] = torch.origin if torch else None
+    report["torch_in_blender"] = "torch" in sys.modules  # the fits ran in the fitting process: never here
     return report
 
 

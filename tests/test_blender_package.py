@@ -102,3 +102,32 @@ def test_staged_wheels_cover_every_platform(tmp_path):
         assert sorted(build.wheel_project(wheel) for wheel in wheels) == wanted, platform
         assert all({(3,), (3, 11)} & blender_ext.python_versions_from_wheel(wheel.name) for wheel in wheels), platform
     assert not any(build.wheel_project(Path(wheel)) in {"torch", "numpy"} for wheel in listed)
+
+
+def stand_in_wheel(folder: Path, name: str, version: str, *requires: str) -> Path:
+    """A wheel holding only its METADATA (name, version, Requires-Dist lines)."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
+    return path
+
+
+def test_unmet_dependencies_follow_each_platforms_markers_and_versions(tmp_path):
+    wheels = [
+        stand_in_wheel(tmp_path, "scanner", "1.0", "helper>=2", 'winonly; sys_platform == "win32"', "torch", "numpy<2",
+                       'docs; extra == "docs"', 'old; python_version < "3.10"'),  # fmt: skip
+        stand_in_wheel(tmp_path, "helper", "1.5"),
+    ]
+    assert build.unmet_dependencies("linux-x64", wheels) == ["scanner: helper>=2"]  # too old; torch, numpy not bundled
+    assert build.unmet_dependencies("windows-x64", wheels) == ["scanner: helper>=2", 'scanner: winonly; sys_platform == "win32"']
+    wheels[1] = stand_in_wheel(tmp_path, "helper", "2.0")
+    assert build.unmet_dependencies("macos-arm64", wheels) == []
+
+
+@pytest.mark.slow
+def test_each_platforms_wheels_meet_each_others_dependencies():
+    """Every dependency a bundled wheel declares for the platform is bundled too, or deliberately left out
+    (build.NOT_BUNDLED): each platform's zip installs a whole fit environment, torch aside."""
+    for platform in build.PLATFORMS:
+        assert build.unmet_dependencies(platform, build.download_wheels(platform)) == [], platform

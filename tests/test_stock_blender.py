@@ -1,7 +1,8 @@
 """The extension in a stock Blender: a fresh Python holding only bpy and what it pulls in (numpy, requests, ...),
 none of the project's dependencies. The linux-x64 zip is installed with Blender's own installer, PyTorch with
 the extension's own Install Dependencies from a local wheelhouse (offline), then Fit on the real sample scan
-and on a sample photo must build skinned characters.
+and on a sample photo must build skinned characters, the fits running in the fitting process (Blender's own
+never imports PyTorch).
 
 The stock Python and the wheelhouse are cached in .cache/stock-blender, keyed by what they hold."""
 
@@ -83,6 +84,7 @@ def test_fit_in_a_stock_blender(shared_data, tmp_path):
     assert report["install_torch"] == ["FINISHED"] and report["missing_after"] == [], report
     assert report["fit"] == ["FINISHED"], report
     assert str(tmp_path / "blender-user") in report["torch_file"]  # the extension's own PyTorch, not another
+    assert report["torch_in_blender"] is False  # Blender's process never imports PyTorch: the fits run beside it
     assert report["armatures"] == 1 and report["bones"] > 20, report
     assert report["body_vertices"] > 10_000 and report["skinned"] and report["vertex_groups"] == report["bones"], report
     assert report["photo_fit"] == ["FINISHED"] and report["photo_armatures"] == 1 and report["photo_skinned"], report
