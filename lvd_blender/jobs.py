@@ -101,9 +101,14 @@ class Job:
 
     def drain(self) -> list:
         """Every message posted so far (main thread)."""
-        out = []
-        while True:
-            try:
-                out.append(self.messages.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self.messages)
+
+
+def drain(messages: queue.Queue) -> list:
+    """Every message in the queue, taken out, without waiting."""
+    out = []
+    while True:
+        try:
+            out.append(messages.get_nowait())
+        except queue.Empty:
+            return out

@@ -9,8 +9,8 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from . import installer
-from .core import add_dependency_folders, core, cuda_status, missing_projects, torch_available
+from . import installer, worker
+from .core import add_dependency_folders, core, missing_projects, torch_available
 
 ADDON_ID = __package__
 PACKAGED = ADDON_ID.startswith("bl_ext.")  # installed as an extension (not the development tree)
@@ -123,7 +123,7 @@ class LVD_AddonPreferences(bpy.types.AddonPreferences):
             box.label(text="Missing: " + ", ".join(MISSING) + " (needed to fit)", icon="ERROR")
         else:
             box.label(text="Dependencies: all installed", icon="CHECKMARK")
-            box.label(text=cuda_status())
+            box.label(text=worker.cuda_status())
         if INSTALLATION is not None and INSTALLATION.running:
             row = box.row()
             row.progress(factor=INSTALLATION.fraction, type="BAR", text=INSTALLATION.text)

@@ -25,7 +25,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .jobs import Done, Failed, Finished, Item, Progress, one_line
+from .core import cuda_status as loaded_cuda_status
+from .jobs import Done, Failed, Finished, Item, Progress, drain, one_line
 
 FIT_JOB = f"{__package__}.fit_work:fit_job"  # (items, settings, post) -> jobs.Job
 # The process's entry: the package (named as in Blender) from its folder, without running its __init__.
@@ -56,6 +57,7 @@ class FittingProcess:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, creationflags=NO_CONSOLE_WINDOW,
             )  # fmt: skip
         self.job: WorkerJob | None = None
+        self.cuda_status = ""  # its core.cuda_status line, once it has imported PyTorch
         self._lock = threading.Lock()
         self._ended = False
         threading.Thread(target=self._read, name="lvd-fitting-process", daemon=True).start()
@@ -82,7 +84,9 @@ class FittingProcess:
     def _read(self) -> None:
         for line in self.process.stdout:
             message = json.loads(line)
-            if self.job is not None and self.job.receive(message):
+            if "cuda" in message:
+                self.cuda_status = message["cuda"]
+            elif self.job is not None and self.job.receive(message):
                 self.job = None
         self.process.wait()
         with self._lock:
@@ -110,6 +114,11 @@ def fitting_process() -> FittingProcess:
     if PROCESS is None or not PROCESS.alive():
         PROCESS = FittingProcess()
     return PROCESS
+
+
+def cuda_status() -> str:
+    """The preferences' CUDA line: the fitting process's, once it has loaded PyTorch (Blender's never does)."""
+    return PROCESS.cuda_status if PROCESS is not None and PROCESS.cuda_status else loaded_cuda_status()
 
 
 def stop_fitting_process() -> None:
@@ -159,22 +168,19 @@ class WorkerJob:
 
     def drain(self) -> list:
         """Every message received so far (main thread)."""
-        out = []
-        while True:
-            try:
-                out.append(self.messages.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self.messages)
 
     def receive(self, message: dict) -> bool:
         """One answer of the process (its reader thread); True when it ends the job."""
         if "progress" in message:
             self.messages.put(Progress(message["progress"], message["text"]))
         elif "done" in message:
-            with open(message["file"], "rb") as file:
-                result = pickle.load(file)
             self._reported += 1
-            self.messages.put(Done(message["done"], result))
+            try:
+                with open(message["file"], "rb") as file:
+                    self.messages.put(Done(message["done"], pickle.load(file)))
+            except Exception as error:  # noqa: BLE001 (e.g. the disk filled up: that item failed, the job goes on)
+                self.messages.put(Failed(message["done"], f"its result could not be read: {one_line(error)}"))
         elif "failed" in message:
             self._reported += 1
             self.messages.put(Failed(message["failed"], message["message"]))
@@ -206,6 +212,7 @@ def serve() -> None:
     requests: queue.Queue = queue.Queue()
     threading.Thread(target=_read_requests, args=(requests,), daemon=True).start()
     _import_fit_modules()
+    answers.write(json.dumps({"cuda": loaded_cuda_status()}) + "\n")
     while True:
         request = requests.get()
         sys.path.extend(entry for entry in request["path"] if entry not in sys.path)  # e.g. dependencies installed since
@@ -219,12 +226,12 @@ def _read_requests(requests: queue.Queue) -> None:
 
 
 def _import_fit_modules() -> None:
-    """PyTorch and the pipeline, before the first request arrives; a missing module is reported by the fit."""
+    """PyTorch and the pipeline, before the first request arrives; a module that fails is reported by the fit."""
     from .fit_work import pipeline
 
     try:
         pipeline()
-    except ImportError:
+    except Exception:  # noqa: BLE001, S110 (each fit imports them again and says what failed)
         pass
 
 

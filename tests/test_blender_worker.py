@@ -63,6 +63,7 @@ def test_jobs_run_in_one_process_that_serves_every_fit():
     assert pid != os.getpid()
     _, again = run(3.0)
     assert [m.result["pid"] for m in again if isinstance(m, jobs.Done)] == [pid]  # no second PyTorch import
+    assert worker.cuda_status().startswith("CUDA: ") and "first fit" not in worker.cuda_status()  # told by the process
 
 
 def test_a_failing_item_reports_one_line_and_the_rest_are_fitted():
