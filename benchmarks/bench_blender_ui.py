@@ -147,8 +147,16 @@ def real_fits(where: str, fits: int = 2) -> list[tuple[float, float]]:
                 break
         assert len(run.characters) == 1, run.summary()
         measured.append((late, step))
+    if where == "process":
+        print(f"rss_mb {resident_mb(worker.PROCESS.process.pid):.0f}")
     worker.stop_fitting_process()
     return measured
+
+
+def resident_mb(pid: int) -> float:
+    """The process's resident memory (Linux), MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def main() -> None:
@@ -175,6 +183,9 @@ def main() -> None:
     for where, label in (("process", "in the fitting process (as shipped)"), ("thread", "on a thread of Blender's process (before)")):
         fits = subprocess.run([sys.executable, __file__, "--real-fits", where], capture_output=True, text=True, check=True, cwd=ROOT)
         first_late, first_step, later_late, later_step = (float(x) * 1000 for x in fits.stdout.split()[-4:])
+        if where == "process":
+            rss = fits.stdout.split("rss_mb ")[1].split()[0]
+            rows.append(("memory the fitting process keeps between fits (resident, MB)", rss, "after 2 fits of the sample scan"))
         for fit, late, step in (("first fit of the session", first_late, first_step), ("later fit", later_late, later_step)):
             rows.append((f"real fit {label}, {fit}: worst lateness of a {TICK_S * 1000:.0f} ms tick", f"{late:.0f}", "sample scan"))
             rows.append((f"real fit {label}, {fit}: longest handle step", f"{step:.0f}", "sample scan"))
