@@ -448,10 +448,11 @@ def mean_distance_mm(vertices, points):
 
 
 @pytest.mark.slow
-def test_real_fit_puts_the_character_on_the_scan(real_pipeline):
+def test_real_fit_puts_the_character_on_the_scan(real_pipeline, addon):
     scan, world_points = body_scan_object("Person", seed=3, location=(2.0, -1.0, 0.5))
     activate(scan)
     assert bpy.ops.lvd.fit() == {"FINISHED"}
+    assert addon.worker.PROCESS.alive()  # the fit ran in the fitting process, kept for the next fit
     [armature] = characters()
     [body_mesh] = armature.children
     assert len(armature.data.bones) == 104 and len(body_mesh.data.vertices) == 13718
