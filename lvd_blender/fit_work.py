@@ -58,6 +58,18 @@ def fit_job(items: list[Item], settings: FitSettings, post=None) -> Job:
                fits_per_group(settings, len(items)), post)  # fmt: skip
 
 
+def model_file_job(items: list[Item], settings=None, post=None) -> Job:
+    """The job that checks body-model files: each item's inputs, (kind, path), load as that body model (Done)
+    or its BodyModelError says why not (Failed)."""
+
+    def check(group: list[Item], progress, cancel) -> list:
+        [item] = group
+        core("body").load_body_model(*item.inputs)
+        return [""]
+
+    return Job(items, check, 1, post)
+
+
 def fit_group(items: list[Item], settings: FitSettings, progress, cancel) -> list:
     """Fit the items: scans through fit_scans (several together: one batch, what a GPU wants; scans of other
     body models apart), a photo through fit_photo. Returns a FitOutcome or the bad input's ValueError per item.

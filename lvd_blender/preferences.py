@@ -10,7 +10,8 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import installer, worker
-from .core import add_dependency_folders, core, missing_projects, torch_available
+from .core import add_dependency_folders, missing_projects, torch_available
+from .jobs import Done, Failed, Item
 
 ADDON_ID = __package__
 PACKAGED = ADDON_ID.startswith("bl_ext.")  # installed as an extension (not the development tree)
@@ -25,23 +26,49 @@ def preferences(context):
     return context.preferences.addons[ADDON_ID].preferences
 
 
-def model_file_problem(kind: str, path: str) -> str:
-    """'' when `path` loads as the `kind` ("smpl" / "smplx" / "mano") body model, else the one-line reason."""
+def check_model_file(prefs, kind: str) -> None:
+    """Set prefs' `<kind>_problem`: '' when its `<kind>_path` loads as that body model ("smpl" / "smplx" /
+    "mano"), else the one-line reason. The file is loaded by the fitting process (Blender's never loads
+    PyTorch): in the background while the UI runs, waiting for it in background mode (no event loop)."""
+    path = getattr(prefs, f"{kind}_path")
     if not path:
-        return f"{kind.upper()} needs its model file: set it in the LVD add-on preferences"
+        setattr(prefs, f"{kind}_problem", f"{kind.upper()} needs its model file: set it in the LVD add-on preferences")
+        return
     if not torch_available():
-        return "PyTorch is needed to check the file: install the dependencies below"
-    body = core("body")
-    try:
-        body.load_body_model(kind, bpy.path.abspath(path))
-    except body.BodyModelError as exc:
-        return str(exc)
-    return ""
+        setattr(prefs, f"{kind}_problem", "PyTorch is needed to check the file: install the dependencies below")
+        return
+    job = worker.WorkerJob([Item(bpy.path.basename(path), (kind, bpy.path.abspath(path)))], None, worker.MODEL_FILE_JOB)
+    if bpy.app.background:
+        job.run()
+        setattr(prefs, f"{kind}_problem", model_file_answer(job.drain()))
+        return
+    setattr(prefs, f"{kind}_problem", f"the {kind.upper()} file is being checked: a moment")
+    job.start()
+
+    def answer() -> float | None:
+        if not job.finished():
+            return TIMER_STEP_S
+        addon = bpy.context.preferences.addons.get(ADDON_ID)
+        if addon is not None and getattr(addon.preferences, f"{kind}_path") == path:  # not disabled or changed since
+            setattr(addon.preferences, f"{kind}_problem", model_file_answer(job.drain()))
+        return None
+
+    bpy.app.timers.register(answer, first_interval=TIMER_STEP_S)
+
+
+def model_file_answer(messages: list) -> str:
+    """The problem a model-file check's messages tell ('' when the file loaded)."""
+    for message in messages:
+        if isinstance(message, Failed):
+            return message.message
+        if isinstance(message, Done):
+            return ""
+    return "the check was cancelled: choose the file again"
 
 
 def _check_model_file(kind: str):
     def update(self, context):
-        setattr(self, f"{kind}_problem", model_file_problem(kind, getattr(self, f"{kind}_path")))
+        check_model_file(self, kind)
 
     return update
 

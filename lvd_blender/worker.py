@@ -1,10 +1,10 @@
-"""The fitting process: Fit's work (lvd_blender.fit_work) in a Python process of its own, so that importing
-PyTorch and fitting never hold the Python lock of Blender's process (its UI would stall), and a crash or a
-cancel cannot take Blender with it.
+"""The fitting process: Fit's work (lvd_blender.fit_work, and the preferences' check of a body-model file) in
+a Python process of its own, so that importing PyTorch and fitting never hold the Python lock of Blender's
+process (its UI would stall), and a crash or a cancel cannot take Blender with it.
 
 One process serves a Blender session's fits (PyTorch is imported once): started at the first fit with Blender's
 own Python (sys.executable) and Blender's sys.path, it imports this package's modules without the package's
-__init__ (which needs bpy). Each request is a line on its stdin naming a pickled request file (items, settings,
+__init__ (which needs bpy). It serves one request at a time, in the order they came. Each request is a line on its stdin naming a pickled request file (items, settings,
 the job factory); it answers with JSON lines on its stdout: progress, each item's result (a pickle file written
 whole beside the request, then named) or its one-line failure, then "finished". Cancel kills the process (a
 result being written is never named, and the request's folder goes); the next fit starts a new one. It ends
@@ -23,12 +23,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from pathlib import Path
 
 from .core import cuda_status as loaded_cuda_status
 from .jobs import Done, Failed, Finished, Item, Progress, drain, one_line
 
-FIT_JOB = f"{__package__}.fit_work:fit_job"  # (items, settings, post) -> jobs.Job
+# Job factories the process runs: (items, settings, post) -> jobs.Job
+FIT_JOB = f"{__package__}.fit_work:fit_job"
+MODEL_FILE_JOB = f"{__package__}.fit_work:model_file_job"
 # The process's entry: the package (named as in Blender) from its folder, without running its __init__.
 BOOTSTRAP = """
 import importlib, json, sys, types
@@ -46,7 +49,7 @@ NO_CONSOLE_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no co
 
 # -- Blender's side ---------------------------------------------------------------------------------------
 class FittingProcess:
-    """The process and a thread reading its answers for the job under way (one at a time)."""
+    """The process and a thread reading its answers, which go to the jobs in the order they were submitted."""
 
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="lvd-fitting-"))
@@ -56,7 +59,7 @@ class FittingProcess:
                 [sys.executable, "-I", "-c", BOOTSTRAP, __package__, str(Path(__file__).parent), json.dumps(sys.path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, creationflags=NO_CONSOLE_WINDOW,
             )  # fmt: skip
-        self.job: WorkerJob | None = None
+        self.jobs: deque[WorkerJob] = deque()  # submitted and not finished: the first one is under way
         self.cuda_status = ""  # its core.cuda_status line, once it has imported PyTorch
         self._lock = threading.Lock()
         self._ended = False
@@ -70,7 +73,7 @@ class FittingProcess:
             if self._ended:  # it ended meanwhile: the job ends as it would have
                 job.ended(self.exit_reason())
                 return
-            self.job = job
+            self.jobs.append(job)
         line = json.dumps({"request": str(request), "path": sys.path}) + "\n"
         try:
             self.process.stdin.write(line.encode())
@@ -86,13 +89,14 @@ class FittingProcess:
             message = json.loads(line)
             if "cuda" in message:
                 self.cuda_status = message["cuda"]
-            elif self.job is not None and self.job.receive(message):
-                self.job = None
+            elif self.jobs and self.jobs[0].receive(message):
+                with self._lock:
+                    self.jobs.popleft()
         self.process.wait()
         with self._lock:
             self._ended = True
-            job, self.job = self.job, None
-        if job is not None:
+            jobs, self.jobs = list(self.jobs), deque()
+        for job in jobs:
             job.ended(self.exit_reason())
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -160,8 +164,11 @@ class WorkerJob:
     def join(self, timeout: float | None = None) -> None:
         self._finished.wait(timeout)
 
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
     def stop(self) -> None:
-        """Cancel now: the process is killed; items already finished stay."""
+        """Cancel now: the process is killed (and with it any job queued behind); items already finished stay."""
         self.stopped = True
         if self.process is not None and not self._finished.is_set():
             self.process.kill()

@@ -185,6 +185,25 @@ def test_model_file_preference_is_validated(addon, tmp_path):
     assert "needs its model file" in preferences.smpl_problem
 
 
+def test_model_file_is_checked_in_the_background_while_the_ui_runs(addon, tmp_path, monkeypatch):
+    """With an event loop the check goes to the fitting process and a timer applies its answer."""
+    timers = []
+    ui_running = SimpleNamespace(app=SimpleNamespace(background=False, timers=SimpleNamespace(
+        register=lambda function, first_interval: timers.append(function))), path=bpy.path, context=bpy.context)  # fmt: skip
+    monkeypatch.setattr(addon.preferences, "bpy", ui_running)
+    preferences = prefs()
+    preferences.mano_path = str(tmp_path / "missing.pkl")
+    assert preferences.mano_problem == "the MANO file is being checked: a moment"
+    [answer] = timers
+    for _ in range(600):
+        if answer() is None:
+            break
+        threading.Event().wait(0.1)
+    assert "not found" in preferences.mano_problem
+    monkeypatch.undo()
+    preferences.mano_path = ""
+
+
 def test_dependency_installer_refuses_offline(addon):
     assert not bpy.app.online_access  # bpy as a module starts offline
     with pytest.raises(RuntimeError, match="offline"):

@@ -66,6 +66,15 @@ def test_jobs_run_in_one_process_that_serves_every_fit():
     assert worker.cuda_status().startswith("CUDA: ") and "first fit" not in worker.cuda_status()  # told by the process
 
 
+def test_a_job_submitted_while_another_runs_waits_its_turn():
+    first, second = (worker.WorkerJob([jobs.Item(label, value)], None, JOB) for label, value in (("first", 1.0), ("second", 2.0)))
+    first.start()
+    second.start()
+    second.join(60)
+    assert first.finished() and second.finished()
+    assert [[m.label for m in job.drain() if isinstance(m, jobs.Done)] for job in (first, second)] == [["first"], ["second"]]
+
+
 def test_a_failing_item_reports_one_line_and_the_rest_are_fitted():
     _, messages = run("bad", 1.0)
     assert jobs.Failed("item0", "bad is not a number: give a number") in messages
