@@ -4,11 +4,11 @@ process (its UI would stall), and a crash or a cancel cannot take Blender with i
 
 One process serves a Blender session's fits (PyTorch is imported once): started at the first fit with Blender's
 own Python (sys.executable) and Blender's sys.path, it imports this package's modules without the package's
-__init__ (which needs bpy). It serves one request at a time, in the order they came. Each request is a line on its stdin naming a pickled request file (items, settings,
-the job factory); it answers with JSON lines on its stdout: progress, each item's result (a pickle file written
-whole beside the request, then named) or its one-line failure, then "finished". Cancel kills the process (a
-result being written is never named, and the request's folder goes); the next fit starts a new one. It ends
-when its stdin closes, which happens however Blender ends.
+__init__ (which needs bpy). Each request is a line on its stdin naming a pickled request file (items, settings,
+the job factory), served one at a time in the order they came; it answers with JSON lines on its stdout:
+progress, each item's result (a pickle file written whole beside the request, then named) or its one-line
+failure, then "finished". Cancel kills the process (a result being written is never named, and the request's
+folder goes); the next fit starts a new one. It ends when its stdin closes, which happens however Blender ends.
 """
 
 from __future__ import annotations
