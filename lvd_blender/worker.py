@@ -218,8 +218,6 @@ def serve() -> None:
     sys.stdout = sys.stderr
     requests: queue.Queue = queue.Queue()
     threading.Thread(target=_read_requests, args=(requests,), daemon=True).start()
-    _import_fit_modules()
-    answers.write(json.dumps({"cuda": loaded_cuda_status()}) + "\n")
     while True:
         request = requests.get()
         sys.path.extend(entry for entry in request["path"] if entry not in sys.path)  # e.g. dependencies installed since
@@ -230,16 +228,6 @@ def _read_requests(requests: queue.Queue) -> None:
     for line in sys.stdin.buffer:
         requests.put(json.loads(line))
     os._exit(0)  # stdin closed: Blender ended or let go of this process
-
-
-def _import_fit_modules() -> None:
-    """PyTorch and the pipeline, before the first request arrives; a module that fails is reported by the fit."""
-    from .fit_work import pipeline
-
-    try:
-        pipeline()
-    except Exception:  # noqa: BLE001, S110 (each fit imports them again and says what failed)
-        pass
 
 
 def _serve(request_file: Path, answer) -> None:
@@ -262,6 +250,8 @@ def _serve(request_file: Path, answer) -> None:
         elif isinstance(message, Failed):
             answer({"failed": message.label, "message": message.message})
         elif isinstance(message, Finished):
+            if "torch" in sys.modules:  # a job loaded it: CUDA's state is known
+                answer({"cuda": loaded_cuda_status()})
             answer({"finished": message.cancelled})
 
     module, function = request["job"].split(":")

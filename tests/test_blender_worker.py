@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def stand_in_job(items, settings, post=None):
     """Per item: progress at half way, then by its inputs: a number -> {"doubled": array, "pid": the process's},
-    "bad" -> a bad-input error, "crash" -> the process dies after an error line, "hang" -> waits a minute."""
+    "bad" -> a bad-input error, "crash" -> the process dies after an error line, "hang" -> waits a minute,
+    "torch" -> imports PyTorch."""
 
     def work(group, progress, cancel):
         [item] = group
@@ -31,6 +32,10 @@ def stand_in_job(items, settings, post=None):
             os._exit(3)
         if item.inputs == "hang":
             time.sleep(60)
+        if item.inputs == "torch":
+            import torch  # noqa: F401
+
+            return [{}]
         return [{"doubled": np.full(3, 2.0 * item.inputs), "pid": os.getpid(), "settings": settings}]
 
     return jobs.Job(items, work, 1, post)
@@ -63,7 +68,20 @@ def test_jobs_run_in_one_process_that_serves_every_fit():
     assert pid != os.getpid()
     _, again = run(3.0)
     assert [m.result["pid"] for m in again if isinstance(m, jobs.Done)] == [pid]  # no second PyTorch import
-    assert worker.cuda_status().startswith("CUDA: ") and "first fit" not in worker.cuda_status()  # told by the process
+
+
+def test_the_process_tells_cudas_state_once_a_job_has_loaded_pytorch():
+    run(1.0)
+    assert worker.PROCESS.cuda_status == ""  # the stand-in loads no PyTorch
+    run("torch")
+    assert worker.PROCESS.cuda_status in ("CUDA: not available (CPU)", f"CUDA: {torch_device_name()}")
+    assert worker.cuda_status() == worker.PROCESS.cuda_status  # what the preferences show
+
+
+def torch_device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
 
 
 def test_a_job_submitted_while_another_runs_waits_its_turn():
