@@ -16,6 +16,7 @@ from .character import character_steps
 from .fit_work import FitOutcome, FitSettings
 from .jobs import Done, Failed, Finished, Item, Progress
 from .properties import BODY_MODELS, SCAN_UNITS
+
 # A hand's largest extent is under this many metres (lvd_core.inputs.scan.PLAUSIBLE_SIZE_M): Auto fits the hand
 # model to meshes up to this size.
 HAND_MAX_SIZE_M = 0.35

@@ -151,3 +151,11 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_disabling_the_extension_ends_the_process():
+    """unregister (operators.stop_running_fits) ends it with stop_fitting_process."""
+    run(1.0)
+    process = worker.PROCESS.process
+    worker.stop_fitting_process()
+    assert process.poll() is not None and worker.PROCESS is None
