@@ -206,7 +206,8 @@ def main() -> None:
         "- The tick lateness is time another thread of Blender's process kept Python's lock: on a thread, the fit "
         "itself (its first fit imports torch, Anny and the pipeline, and loading extension modules holds the lock); "
         "with the fitting process, only the thread that reads its answers (a result file unpickled). The first fit "
-        "of a session starts the fitting process; later fits reuse it.",
+        "of a session starts the fitting process; later fits reuse it. The machine's noise rows are the floor: the same "
+        "tick with no fit.",
         "- The handle step is the modal loop's own work on one tick (building the character in steps, "
         "fitting.BUILD_BUDGET_S plus the step under way).",
         "",
