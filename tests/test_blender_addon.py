@@ -175,6 +175,7 @@ def test_panel_draws_progress_and_greys_licensed_models(addon):
     assert "SMPL needs its model file" in labels
 
 
+@pytest.mark.slow
 def test_model_file_preference_is_validated(addon, tmp_path):
     preferences = prefs()
     preferences.smpl_path = str(tmp_path / "missing.pkl")

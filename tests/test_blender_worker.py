@@ -70,6 +70,7 @@ def test_jobs_run_in_one_process_that_serves_every_fit():
     assert [m.result["pid"] for m in again if isinstance(m, jobs.Done)] == [pid]  # no second PyTorch import
 
 
+@pytest.mark.slow
 def test_the_process_tells_cudas_state_once_a_job_has_loaded_pytorch():
     run(1.0)
     assert worker.PROCESS.cuda_status == ""  # the stand-in loads no PyTorch
@@ -135,6 +136,7 @@ time.sleep(1.0)
 """
 
 
+@pytest.mark.slow
 def test_the_process_ends_with_blender():
     """Blender (here a plain Python that started the process) exits without ending it: it ends too."""
     parent = subprocess.run([sys.executable, "-c", PARENT], capture_output=True, text=True, cwd=ROOT, timeout=120)
