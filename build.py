@@ -160,6 +160,14 @@ def manifest_with_wheels(manifest: str, platforms: list[str], wheels: list[str])
     return manifest[:at] + keys + manifest[at:]
 
 
+def vendored_imports(source: str) -> str:
+    """An extension module's source with its lvd_core imports (`from lvd_core... import`, the only form the
+    extension uses) pointed at the copy it carries, `.vendor.lvd_core`. Raises ValueError on `import lvd_core`."""
+    if re.search(r"^\s*import lvd_core", source, flags=re.MULTILINE):
+        raise ValueError("lvd_blender imports lvd_core as `import lvd_core...`: write `from lvd_core... import ...`")
+    return re.sub(r"^(\s*)from lvd_core\b", r"\1from .vendor.lvd_core", source, flags=re.MULTILINE)
+
+
 def stage(destination: Path, *, link: bool = False, platforms: tuple[str, ...] = ()) -> Path:
     """Lay out the extension folder at `destination`, with the wheels of `platforms` in `wheels/`. `link`
     symlinks instead of copying (for tests, which register the folder as an extension repository without
@@ -168,7 +176,11 @@ def stage(destination: Path, *, link: bool = False, platforms: tuple[str, ...] =
     vendor = destination / "vendor"
     vendor.mkdir(exist_ok=True)
     (vendor / "__init__.py").write_text('"""Packages the extension carries with it (lvd_core and its weights)."""\n')
-    sources = [(path, destination / path.name) for path in (ROOT / "lvd_blender").iterdir() if path.name != "__pycache__"]
+    extension_modules = sorted((ROOT / "lvd_blender").glob("*.py"))
+    for module in extension_modules:  # copied even when linking: they read the vendored lvd_core
+        (destination / module.name).write_text(vendored_imports(module.read_text()))
+    sources = [(path, destination / path.name) for path in (ROOT / "lvd_blender").iterdir()
+               if path.name != "__pycache__" and path not in extension_modules]  # fmt: skip
     sources += [
         (ROOT / "lvd_core", vendor / "lvd_core"),
         (ROOT / "weights", vendor / "weights"),  # lvd_core finds its data next to itself

@@ -1,5 +1,9 @@
-"""Access to lvd_core (vendored inside the packaged extension, the top-level package in the development tree)
-and to the modules a fit needs. Nothing here imports torch: that happens on first use, in a fit."""
+"""The modules a fit needs and where they come from. Nothing here imports torch: that happens in the fitting
+process (lvd_blender.worker).
+
+The extension's modules import lvd_core as `from lvd_core... import ...`, inside the functions that need it; the
+packaged extension carries lvd_core as its subpackage `vendor.lvd_core` (extensions may not load top-level modules
+from their folder) and build.py rewrites those imports to it."""
 
 from __future__ import annotations
 
@@ -7,16 +11,6 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-
-# The packaged extension carries lvd_core as the subpackage `vendor.lvd_core` (extensions may not load
-# top-level modules from their folder); the development tree imports the top-level package.
-CORE_PACKAGE = f"{__package__}.vendor.lvd_core" if (Path(__file__).parent / "vendor" / "lvd_core").is_dir() else "lvd_core"
-
-
-def core(module: str):
-    """The lvd_core submodule `module` (e.g. "export"), imported on first use."""
-    return importlib.import_module(f"{CORE_PACKAGE}.{module}")
-
 
 # The top-level modules a fit imports and the pip project of each: torch comes from Install Dependencies (or a
 # site-packages folder), the others with the extension's wheels (requirements-extension.txt).

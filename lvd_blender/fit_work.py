@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .core import core
 from .jobs import Item, Job
 from .placement import bottom_centre, rigid_and_scale, scaled_about, translation
 
@@ -49,7 +48,9 @@ class FitOutcome:
 def pipeline():
     """lvd_core's fits: fit_scans (lvd_core.pipeline) and fit_photo (lvd_core.photo); tests replace this
     function with a fake."""
-    return SimpleNamespace(fit_scans=core("pipeline").fit_scans, fit_photo=core("photo").fit_photo)
+    from lvd_core import photo, pipeline
+
+    return SimpleNamespace(fit_scans=pipeline.fit_scans, fit_photo=photo.fit_photo)
 
 
 def fit_job(items: list[Item], settings: FitSettings, post=None) -> Job:
@@ -63,8 +64,10 @@ def model_file_job(items: list[Item], settings=None, post=None) -> Job:
     or its BodyModelError says why not (Failed)."""
 
     def check(group: list[Item], progress, cancel) -> list:
+        from lvd_core.body import load_body_model
+
         [item] = group
-        core("body").load_body_model(*item.inputs)
+        load_body_model(*item.inputs)
         return [""]
 
     return Job(items, check, 1, post)
@@ -74,7 +77,9 @@ def fit_group(items: list[Item], settings: FitSettings, progress, cancel) -> lis
     """Fit the items: scans through fit_scans (several together: one batch, what a GPU wants; scans of other
     body models apart), a photo through fit_photo. Returns a FitOutcome or the bad input's ValueError per item.
     On CUDA running out of memory, fit again on the CPU and say so."""
-    core("devices").set_torch_threads(TORCH_THREADS)
+    from lvd_core.devices import set_torch_threads
+
+    set_torch_threads(TORCH_THREADS)
     try:
         return _fit(items, settings, settings.device, progress, cancel)
     except Exception as exc:  # torch.cuda.OutOfMemoryError without importing torch here
@@ -96,7 +101,8 @@ def _fit(items: list[Item], settings: FitSettings, device: str, progress, cancel
         options["checkpoint_folder"] = settings.checkpoint_folder
     inputs = items[0].inputs
     if inputs["kind"] == "photo":
-        image = core("inputs.image")
+        from lvd_core.inputs import image
+
         rgb = image.load_image(inputs["path"]) if "path" in inputs else image.from_blender_pixels(inputs["pixels"], *inputs["size"])
         body = "anny" if settings.body_model == "auto" else settings.body_model
         result = pipeline().fit_photo(rgb, given_mask(inputs.get("path") or inputs.get("image_file")), body=body, **options)
@@ -113,20 +119,26 @@ def _fit(items: list[Item], settings: FitSettings, device: str, progress, cancel
 
 def given_mask(photo_path: str | None) -> str | None:
     """The person mask saved beside the photo file (<stem>_mask.png, as the CLI reads it), if any."""
-    mask = core("inputs.image").given_mask(Path(photo_path)) if photo_path else None
+    from lvd_core.inputs.image import given_mask as mask_beside
+
+    mask = mask_beside(Path(photo_path)) if photo_path else None
     return None if mask is None else str(mask)
 
 
 def _description(result, settings: FitSettings) -> dict:
-    body = core("body").load_body_model(result.body_name, settings.model_path)
-    return core("export").character_description(body, result.params)
+    from lvd_core.body import load_body_model
+    from lvd_core.export import character_description
+
+    return character_description(load_body_model(result.body_name, settings.model_path), result.params)
 
 
 def _quality(result, settings: FitSettings) -> str:
     """The fit's short quality label and the fitted body in words (sex, age, weight, height when known)."""
-    measurements = core("measurements")
-    body = core("body").load_body_model(result.body_name, settings.model_path)
-    body_in_words = measurements.describe(measurements.fit_description(body, result.params, real_size=result.units != "unitless"))
+    from lvd_core.body import load_body_model
+    from lvd_core.measurements import describe, fit_description
+
+    body = load_body_model(result.body_name, settings.model_path)
+    body_in_words = describe(fit_description(body, result.params, real_size=result.units != "unitless"))
     return f"{result.quality_label(short=True)}; {body_in_words}" if body_in_words else result.quality_label(short=True)
 
 
@@ -142,8 +154,10 @@ def _scan_outcome(result, settings: FitSettings) -> FitOutcome:
 
 def _checked_scan_outcome(result, settings: FitSettings):
     """The scan's FitOutcome, or the ScanError of a fit too far off to be a result (wrong units: lvd_core's check)."""
+    from lvd_core.results import check_residual
+
     try:
-        core("results").check_residual(result, fix="set Scan Units to the scan's units")
+        check_residual(result, fix="set Scan Units to the scan's units")
     except ValueError as error:
         return error
     return _scan_outcome(result, settings)
@@ -153,8 +167,10 @@ def _photo_outcome(result, inputs: dict, settings: FitSettings, image_size: tupl
     """Photos have no 3D frame: the body stands on the 3D cursor (its lowest point there) at the model's size,
     with a camera that sees it as the photo does."""
     description = _description(result, settings)
+    from lvd_core.inputs.frame import apply_transform
+
     zup = description["model_to_zup"]
-    vertices_zup = core("inputs.frame").apply_transform(zup @ np.linalg.inv(result.input_from_model), result.vertices_input)
+    vertices_zup = apply_transform(zup @ np.linalg.inv(result.input_from_model), result.vertices_input)
     frame = inputs["placement"] @ scaled_about(np.zeros(3), 1.0 / settings.metres_per_unit)
     frame = frame @ translation(-bottom_centre(vertices_zup)) @ zup
     camera = photo_camera(frame @ np.linalg.inv(result.input_from_model), result.crop.transform, image_size)
@@ -171,8 +187,10 @@ def photo_camera(world_from_photo: np.ndarray, crop, image_size: tuple[int, int]
     centre = crop.photo_to_crop(np.array([width / 2.0, height / 2.0]))
     centre_photo = np.array([2.0 * centre[0] / crop.size - 1.0, 1.0 - 2.0 * centre[1] / crop.size, 0.0])
     view_size = max(width, height) * 2.0 * crop.scale / crop.size * units_per_photo_unit
+    from lvd_core.inputs.frame import apply_transform
+
     matrix = rigid.copy()
-    matrix[:3, 3] = core("inputs.frame").apply_transform(world_from_photo, centre_photo[None])[0] + rigid[:3, 2] * 2.0 * view_size
+    matrix[:3, 3] = apply_transform(world_from_photo, centre_photo[None])[0] + rigid[:3, 2] * 2.0 * view_size
     return {"matrix": matrix, "ortho_scale": view_size, "clip_end": 4.0 * view_size, "resolution": (width, height)}
 
 
@@ -183,7 +201,8 @@ def fits_per_group(settings: FitSettings, count: int) -> int:
         return settings.batch_size
     if count == 1 or settings.device == "cpu":
         return 1
-    devices = core("devices")
+    from lvd_core import devices
+
     try:
         return devices.batch_size_for(devices.pick_device(settings.device))
     except RuntimeError:  # CUDA asked for but missing: each fit reports it

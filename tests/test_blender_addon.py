@@ -154,8 +154,9 @@ def test_register_and_unregister_twice(addon):
 
 
 def test_lvd_core_is_the_vendored_copy(addon):
-    assert addon.core.CORE_PACKAGE == f"{PACKAGE}.vendor.lvd_core"
-    assert addon.core.core("export").__name__ == f"{PACKAGE}.vendor.lvd_core.export"
+    fits = importlib.import_module(f"{PACKAGE}.fit_work").pipeline()
+    assert fits.fit_scans.__module__ == f"{PACKAGE}.vendor.lvd_core.pipeline"
+    assert fits.fit_photo.__module__ == f"{PACKAGE}.vendor.lvd_core.photo"
 
 
 def test_panel_draws_progress_and_greys_licensed_models(addon):

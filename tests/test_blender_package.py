@@ -35,11 +35,11 @@ def test_zip_installs_and_builds_a_character(tmp_path):
     try:
         assert INSTALLED in bpy.context.preferences.addons
         assert hasattr(bpy.ops.lvd, "fit") and hasattr(bpy.ops.lvd, "export") and hasattr(bpy.types, "LVD_PT_main")
-        core = importlib.import_module(f"{INSTALLED}.core")
+        vendored = lambda module: importlib.import_module(f"{INSTALLED}.vendor.lvd_core.{module}")  # noqa: E731
         character = importlib.import_module(f"{INSTALLED}.character")
-        body = core.core("body").load_body_model("anny-hand")
+        body = vendored("body").load_body_model("anny-hand")
         params = random_params(body)
-        description = core.core("export").character_description(body, params)
+        description = vendored("export").character_description(body, params)
         frame = placement() @ description["model_to_zup"]
         _, mesh_obj = character.build_character("Installed", description, frame_matrix=frame)
         expected = body(params).vertices[0].double().numpy() @ frame[:3, :3].T + frame[:3, 3]
@@ -74,6 +74,17 @@ def test_zip_leaves_out_what_a_fit_never_imports(tmp_path):
                 targets = [".".join((*base, *(node.module or "").split("."))).strip(".")]
                 targets += [f"{targets[0]}.{alias.name}".strip(".") for alias in node.names]
                 assert not set(targets) & left_out, f"{path.name} imports {targets}, which the zip leaves out"
+
+
+def test_the_extensions_modules_import_the_lvd_core_they_carry(tmp_path):
+    staged = build.stage(tmp_path / "lvd_fit")
+    for module in (build.ROOT / "lvd_blender").glob("*.py"):
+        source, packaged = module.read_text(), (staged / module.name).read_text()
+        assert not re.search(r"^\s*(from|import) lvd_core\b", packaged, flags=re.MULTILINE), module.name
+        assert packaged.count("from .vendor.lvd_core") == len(re.findall(r"^\s*from lvd_core\b", source, flags=re.MULTILINE))
+    assert "    from .vendor.lvd_core.body import load_body_model" in (staged / "fit_work.py").read_text()
+    with pytest.raises(ValueError, match="write `from lvd_core"):
+        build.vendored_imports("import lvd_core.pipeline\n")
 
 
 def test_every_module_a_fit_needs_is_bundled_or_installed():
