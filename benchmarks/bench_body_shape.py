@@ -3,7 +3,7 @@ objective and the shape prior, in the same run.
 
 Run: .venv/bin/python benchmarks/bench_body_shape.py [--n 8]  -> benchmarks/results_body_shape.md
 
-- "before": the plain surface objective (every pair pulls the body onto the scan, `lvd_core.fit.surface_pairing`)
+- "before": the plain surface objective (every pair pulls the body onto the scan, `lvd_core.clothing.surface_pairing`)
   and the old shape prior (|phenotypes - 0.5|^2); "after": the defaults (`lvd_core.clothing.clothing_pairing`,
   the model's shape prior `BodyModel.shape_prior`).
 - Held-out synthetic scans (fixed validation seed) with clothes (default realism) and with a loose garment (a
@@ -35,8 +35,8 @@ from lvd_core import pipeline  # noqa: E402
 from lvd_core.checkpoints import resolve_weights  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.body.base import BodyModel, BodyParams  # noqa: E402
-from lvd_core.clothing import outside_scan  # noqa: E402
-from lvd_core.fit import refine_to_surface, surface_pairing  # noqa: E402
+from lvd_core.clothing import outside_scan, surface_pairing  # noqa: E402
+from lvd_core.fit import refine_to_surface  # noqa: E402
 from lvd_core.measurements import body_measurements  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from provenance import provenance  # noqa: E402

@@ -564,7 +564,6 @@ def fit_to_vertices(
 # 4. scan surface
 
 
-SURFACE_PAIRS = 2000  # body vertices and scan points paired each round of refine_to_surface
 
 
 def refine_with_pairs(
@@ -608,25 +607,6 @@ def refine_with_pairs(
     return BodyFit(params=params, vertices=vertices, residuals=(vertices[:, vertex_ids] - targets).norm(dim=-1))
 
 
-def surface_pairing(body: BodyModel, scan: np.ndarray, seed: int = 0):
-    """The pairing of `refine_with_pairs` for a scan (M, 3), metres: sampled body vertices with their nearest
-    scan points, and sampled scan points with their nearest body vertices (two-way). The scan's KD-tree is
-    built once; the body's, over its moving vertices, every round (milliseconds for Anny's 13,718)."""
-    from scipy.spatial import cKDTree
-
-    rng = np.random.default_rng(seed)
-    body_sample = rng.choice(body.vertex_count, min(SURFACE_PAIRS, body.vertex_count), replace=False)
-    scan_sample = scan[rng.choice(len(scan), min(SURFACE_PAIRS, len(scan)), replace=False)]
-    scan_tree = cKDTree(scan)
-
-    def pairs(current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        nearest_scan = scan[scan_tree.query(current[body_sample], k=1)[1]]
-        nearest_body = cKDTree(current).query(scan_sample, k=1)[1]
-        return np.concatenate([body_sample, nearest_body]), np.concatenate([nearest_scan, scan_sample])
-
-    return pairs
-
-
 def refine_to_surface(
     body: BodyModel,
     fit: BodyFit,
@@ -639,7 +619,7 @@ def refine_to_surface(
 ) -> BodyFit:
     """Fit the body into the scan (`refine_with_pairs`). scan_points: per batch item (M_b, 3), metres.
     pairing(body, scan (M, 3) numpy) makes each item's pairing: by default `lvd_core.clothing.clothing_pairing`
-    (the body inside the clothes, on the skin); `surface_pairing` pulls it onto the scan everywhere."""
+    (the body inside the clothes, on the skin); `lvd_core.clothing.surface_pairing` pulls it onto the scan everywhere."""
     if pairing is None:
         from .clothing import clothing_pairing as pairing
     pairing = [pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]

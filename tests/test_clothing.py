@@ -7,8 +7,8 @@ import torch
 import trimesh
 
 from lvd_core.body import load_body_model
-from lvd_core.clothing import outside_scan, pair_weights
-from lvd_core.fit import FitOptions, fit_to_vertices, refine_to_surface, surface_pairing
+from lvd_core.clothing import outside_scan, pair_weights, surface_pairing
+from lvd_core.fit import FitOptions, fit_to_vertices, refine_to_surface
 from lvd_core.measurements import readable_phenotypes
 from lvd_core.synth import ScanRealism, make_scan
 from lvd_core.synth.shapes import sample_shape
