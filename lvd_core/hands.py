@@ -21,6 +21,9 @@ EITHER_SIDE = {"anny-hand": ("anny-hand-left", "anny-hand-right")}
 # On 24 held-out synthetic hands the wrong side lay at least 10% farther (median 26%; benchmarks/results_hands.md);
 # on the sample scans, which the hand network misreads on both sides, 2% and 7% (flagged) and 35% (the wrong side).
 SIDE_MARGIN = 0.1
+# Surface samples read from a hand scan: the hand network trained on 10k-point scans, and 200k (the bodies'
+# default) cost 5x the grid time for nothing.
+HAND_POINTS = 20_000
 PROFILE_SLICES = 48  # slices across the scan's longest axis for the cross-section profile
 END_SLICES = 2  # slices at the scan's end that only graze it
 # A slice is round (forearm) when its cross-section's minor spread is at least this share of its major one;
@@ -32,8 +35,9 @@ PALM_WIDENING = 1.3
 # wrist (~13 cm). On 40 synthetic 20-30 cm forearms it read 7.1-13 radii; round runs on hands without a forearm
 # (a fist's or closed fingers' end) 2.1-5.8, and cutting there took 8-100% of the hand.
 MIN_FOREARM_RADII = 6.0
-# ... and only when its wrist is at least this share of the hand's widest spread (a finger is far thinner).
-FOREARM_TO_PALM = 0.45
+# ... and only when its wrist is at least this share of the hand's widest spread (a finger is far thinner): on
+# synthetic forearms 0.44-0.91; no hand without one (pointing ones included) had a round run long enough to ask.
+FOREARM_TO_PALM = 0.3
 # The cut lies this many wrist radii past the narrowest slice into the hand: the hand network was trained on scans
 # ending 0-1 cm past the wrist joint, and on 30 synthetic forearms the narrowest slice lies 0.4 +- 0.8 cm before it.
 CUT_INTO_HAND = 0.35

@@ -53,6 +53,26 @@ def test_forearm_cropper_keeps_the_hand_and_drops_the_forearm(seed):
     assert forearm[len(points) - arm_points :].mean() > 0.85
 
 
+def slimmed_forearm(points: np.ndarray, arm_points: int, factor: float) -> np.ndarray:
+    """The points with the forearm's (the last arm_points) spread about its axis scaled by factor."""
+    arm = points[len(points) - arm_points :]
+    centre = arm.mean(0)
+    axis = np.linalg.svd(arm - centre, full_matrices=False)[2][0]
+    along = np.outer((arm - centre) @ axis, axis)
+    return np.concatenate([points[: len(points) - arm_points], centre + along + factor * (arm - centre - along)])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_slender_forearm_is_dropped_too(seed):
+    """A forearm 0.6x as thick (a slim wrist beside a spread hand) is still no finger: it goes, the hand stays."""
+    points, _, arm_points, _ = synthetic_hand("left" if seed % 2 else "right", seed, forearm=True)
+    points = slimmed_forearm(points, arm_points, 0.6)
+    direction, position = forearm_cut(points)
+    forearm = points @ direction > position
+    assert forearm[: len(points) - arm_points].mean() < 0.08
+    assert forearm[len(points) - arm_points :].mean() > 0.85
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_a_hand_without_forearm_is_left_whole(seed):
     points, _, _, _ = synthetic_hand("right" if seed % 2 else "left", seed)
