@@ -133,6 +133,22 @@ def without_forearm(scan: Scan, detect_size: bool = True) -> Scan:
 # handedness
 
 
+def fingertip_curl(body, joints: np.ndarray) -> float:
+    """How far a posed hand's fingers bend towards its palm: the mean offset of the four fingers' last joints from
+    the palm's plane (wrist, index and little knuckles) along the palm's normal, in wrist-to-knuckle lengths;
+    joints (J, 3) of `body` (Anny hands). Positive: towards the palm, as fingers bend; negative: backwards. The
+    palm's normal is anatomical: (index - wrist) x (little - wrist) points out of a right hand's palm (its thumb
+    on the index side) and out of the back of a left one."""
+    side = ".L" if body.name.endswith("left") else ".R"
+    at = lambda name: joints[body.joint_names.index(name + side)]  # noqa: E731
+    wrist, index, little = at("wrist"), at("finger2-1"), at("finger5-1")
+    normal = np.cross(index - wrist, little - wrist) * (-1.0 if side == ".L" else 1.0)
+    normal /= np.linalg.norm(normal)
+    centre = (wrist + index + little) / 3
+    tips = np.stack([at(f"finger{k}-3") for k in range(2, 6)])
+    return float(((tips - centre) @ normal).mean() / np.linalg.norm((index + little) / 2 - wrist))
+
+
 def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **options) -> list[tuple]:
     """`lvd_core.pipeline.fit_scans` of every scan with each of `sides` (body names): per scan, a tuple of
     the two outcomes (FitResult or the scan's ValueError), in the order of `sides`. progress(fraction,
