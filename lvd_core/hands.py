@@ -1,7 +1,8 @@
 """Hand scans as they come: either hand, with or without the forearm.
 
 Handedness: `anny-hand` fits both the left and the right hand model and keeps the side whose fitted hand lies
-closer to the scan (`choose_side`); `anny-hand-left` / `anny-hand-right` force a side.
+closer to the scan (`choose_side`), marked for a check when the other lies nearly as close or the kept hand's
+fingers bend backwards (`fingertip_curl`); `anny-hand-left` / `anny-hand-right` force a side.
 Forearms: `forearm_cut` finds, from the scan's shape alone, a forearm beyond the wrist (a long, round,
 tapering part at one end of the scan's longest axis, ending where the hand widens into the palm) and
 `without_forearm` drops it, so the network reads a hand as it was trained on (ending at, or just past, the wrist).
@@ -24,6 +25,10 @@ SIDE_MARGIN = 0.1
 # Surface samples read from a hand scan: the hand network trained on 10k-point scans, and 200k (the bodies'
 # default) cost 5x the grid time for nothing.
 HAND_POINTS = 20_000
+# A kept hand whose fingers bend backwards past this (fingertip_curl) is marked side_uncertain: real hands bend
+# towards the palm (at rest +0.15), and a real hand read as the wrong side comes out bent backwards (the sample
+# scans' right-hand fits, benchmarks/results_hands.md). The synthetic hands bend backwards too (test_hands.py).
+BACKWARD_CURL = -0.15
 PROFILE_SLICES = 48  # slices across the scan's longest axis for the cross-section profile
 END_SLICES = 2  # slices at the scan's end that only graze it
 # A slice is round (forearm) when its cross-section's minor spread is at least this share of its major one;
@@ -158,14 +163,28 @@ def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **optio
     outcomes = []
     for k, side in enumerate(sides):
         step = None if progress is None else (lambda f, m, k=k, side=side: progress((k + f) / len(sides), f"{side}: {m}"))
-        outcomes.append(fit_scans(sources, body=side, progress=step, **options))
+        fits = fit_scans(sources, body=side, progress=step, **options)
+        outcomes.append([fit if isinstance(fit, Exception) else replace(fit, finger_curl=fitted_curl(fit)) for fit in fits])
     return list(zip(*outcomes))
+
+
+def fitted_curl(result) -> float:
+    """fingertip_curl of a fitted hand (a FitResult)."""
+    import torch
+
+    from .body import load_body_model
+
+    body = load_body_model(result.body_name)
+    with torch.no_grad():
+        joints = body(result.params.to(device=body.device, dtype=body.dtype)).joints[0]
+    return fingertip_curl(body, joints.cpu().double().numpy())
 
 
 def choose_side(outcomes: tuple):
     """Of one scan's fits with each side's model, the one whose body lies closest to the scan (the smallest
     residual_mm, as facings are chosen), its timings those of both fits, marked side_uncertain when the other
-    lies less than SIDE_MARGIN farther; the first outcome when the scan could not be fitted."""
+    lies less than SIDE_MARGIN farther or its fingers bend backwards (BACKWARD_CURL); the first outcome when the
+    scan could not be fitted."""
     fits = sorted((outcome for outcome in outcomes if not isinstance(outcome, Exception)), key=lambda fit: fit.residual_mm)
     if not fits:
         return outcomes[0]
@@ -174,7 +193,9 @@ def choose_side(outcomes: tuple):
     if len(fits) == 1:
         return replace(best, timings=timings)
     gap = fits[1].residual_mm - best.residual_mm
-    return replace(best, timings=timings, side_gap_mm=gap, side_uncertain=gap < SIDE_MARGIN * best.residual_mm)
+    bent_back = best.finger_curl < BACKWARD_CURL
+    return replace(best, timings=timings, side_gap_mm=gap, fingers_bent_back=bent_back,
+                   side_uncertain=gap < SIDE_MARGIN * best.residual_mm or bent_back)  # fmt: skip
 
 
 def fit_either_side(sources: list, sides: tuple[str, str], progress=None, **options) -> list:

@@ -1,6 +1,7 @@
 """Hand scans as they come: either side (fitted both ways, the closer kept) and forearms (cropped off)."""
 
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -122,6 +123,9 @@ def test_choose_side_keeps_the_fit_closest_to_the_scan():
     assert close.body_name == "anny-hand-right" and close.side_uncertain
     assert "check that it is a right hand" in close.quality_label() and "network" not in close.quality_label()
     assert close.quality_label(short=True).endswith(", check")
+    bent = choose_side((replace(fit("anny-hand-left", 4.4), finger_curl=0.2), replace(fit("anny-hand-right", 3.4), finger_curl=-0.3)))
+    assert bent.body_name == "anny-hand-right" and bent.fingers_bent_back and bent.side_uncertain
+    assert "fingers bend backwards" in bent.quality_label() and "check that it is a right hand" in bent.quality_label()
     assert choose_side((ValueError("bad"), fit("anny-hand-right", 4.1))).body_name == "anny-hand-right"
     error = ValueError("unreadable")
     assert choose_side((error, error)) is error
@@ -188,6 +192,17 @@ def test_synthetic_fists_bend_towards_the_palm(family):
         pose = sample_pose(body, np.random.default_rng(0), 1, family)
         params.joint_pose = torch.as_tensor(pose, dtype=params.joint_pose.dtype).reshape(params.joint_pose.shape)
         assert fingertip_curl(body, body(params).joints[0].numpy()) > 0.2, side
+
+
+@needs_hand_network
+@pytest.mark.slow
+def test_a_sample_hand_scan_is_never_silently_a_right_hand(shared_data):
+    """The real samples are left hands: each comes out left, or right marked for a check of its side (its fingers
+    bend backwards, as a real hand read as the wrong side does)."""
+    for i in range(3):
+        result = fit_scan(shared_data / "hands" / f"sample_{i}.obj", body="anny-hand")
+        assert result.body_name == "anny-hand-left" or result.side_uncertain, f"sample_{i}"
+        assert np.isfinite(result.finger_curl)
 
 
 @needs_hand_network
