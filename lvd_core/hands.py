@@ -1,7 +1,8 @@
 """Hand scans as they come: either hand, with or without the forearm.
 
 Handedness: `anny-hand` fits both the left and the right hand model and keeps the side whose fitted hand lies
-closer to the scan (`choose_side`); `anny-hand-left` / `anny-hand-right` force a side.
+closer to the scan (`choose_side`), marked for a check when the other lies nearly as close or the kept hand's
+fingers bend backwards (`fingertip_curl`); `anny-hand-left` / `anny-hand-right` force a side.
 Forearms: `forearm_cut` finds, from the scan's shape alone, a forearm beyond the wrist (a long, round,
 tapering part at one end of the scan's longest axis, ending where the hand widens into the palm) and
 `without_forearm` drops it, so the network reads a hand as it was trained on (ending at, or just past, the wrist).
@@ -21,6 +22,13 @@ EITHER_SIDE = {"anny-hand": ("anny-hand-left", "anny-hand-right")}
 # On 24 held-out synthetic hands the wrong side lay at least 10% farther (median 26%; benchmarks/results_hands.md);
 # on the sample scans, which the hand network misreads on both sides, 2% and 7% (flagged) and 35% (the wrong side).
 SIDE_MARGIN = 0.1
+# Surface samples read from a hand scan: the hand network trained on 10k-point scans, and 200k (the bodies'
+# default) cost 5x the grid time for nothing.
+HAND_POINTS = 20_000
+# A kept hand whose fingers bend backwards past this (fingertip_curl) is marked side_uncertain: real hands bend
+# towards the palm (at rest +0.15), and a real hand read as the wrong side comes out bent backwards (the sample
+# scans' right-hand fits, benchmarks/results_hands.md). The synthetic hands bend backwards too (test_hands.py).
+BACKWARD_CURL = -0.15
 PROFILE_SLICES = 48  # slices across the scan's longest axis for the cross-section profile
 END_SLICES = 2  # slices at the scan's end that only graze it
 # A slice is round (forearm) when its cross-section's minor spread is at least this share of its major one;
@@ -32,8 +40,9 @@ PALM_WIDENING = 1.3
 # wrist (~13 cm). On 40 synthetic 20-30 cm forearms it read 7.1-13 radii; round runs on hands without a forearm
 # (a fist's or closed fingers' end) 2.1-5.8, and cutting there took 8-100% of the hand.
 MIN_FOREARM_RADII = 6.0
-# ... and only when its wrist is at least this share of the hand's widest spread (a finger is far thinner).
-FOREARM_TO_PALM = 0.45
+# ... and only when its wrist is at least this share of the hand's widest spread (a finger is far thinner): on
+# synthetic forearms 0.44-0.91; no hand without one (pointing ones included) had a round run long enough to ask.
+FOREARM_TO_PALM = 0.3
 # The cut lies this many wrist radii past the narrowest slice into the hand: the hand network was trained on scans
 # ending 0-1 cm past the wrist joint, and on 30 synthetic forearms the narrowest slice lies 0.4 +- 0.8 cm before it.
 CUT_INTO_HAND = 0.35
@@ -129,6 +138,22 @@ def without_forearm(scan: Scan, detect_size: bool = True) -> Scan:
 # handedness
 
 
+def fingertip_curl(body, joints: np.ndarray) -> float:
+    """How far a posed hand's fingers bend towards its palm: the mean offset of the four fingers' last joints from
+    the palm's plane (wrist, index and little knuckles) along the palm's normal, in wrist-to-knuckle lengths;
+    joints (J, 3) of `body` (Anny hands). Positive: towards the palm, as fingers bend; negative: backwards. The
+    palm's normal is anatomical: (index - wrist) x (little - wrist) points out of a right hand's palm (its thumb
+    on the index side) and out of the back of a left one."""
+    side = ".L" if body.name.endswith("left") else ".R"
+    at = lambda name: joints[body.joint_names.index(name + side)]  # noqa: E731
+    wrist, index, little = at("wrist"), at("finger2-1"), at("finger5-1")
+    normal = np.cross(index - wrist, little - wrist) * (-1.0 if side == ".L" else 1.0)
+    normal /= np.linalg.norm(normal)
+    centre = (wrist + index + little) / 3
+    tips = np.stack([at(f"finger{k}-3") for k in range(2, 6)])
+    return float(((tips - centre) @ normal).mean() / np.linalg.norm((index + little) / 2 - wrist))
+
+
 def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **options) -> list[tuple]:
     """`lvd_core.pipeline.fit_scans` of every scan with each of `sides` (body names): per scan, a tuple of
     the two outcomes (FitResult or the scan's ValueError), in the order of `sides`. progress(fraction,
@@ -138,14 +163,28 @@ def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **optio
     outcomes = []
     for k, side in enumerate(sides):
         step = None if progress is None else (lambda f, m, k=k, side=side: progress((k + f) / len(sides), f"{side}: {m}"))
-        outcomes.append(fit_scans(sources, body=side, progress=step, **options))
+        fits = fit_scans(sources, body=side, progress=step, **options)
+        outcomes.append([fit if isinstance(fit, Exception) else replace(fit, finger_curl=fitted_curl(fit)) for fit in fits])
     return list(zip(*outcomes))
+
+
+def fitted_curl(result) -> float:
+    """fingertip_curl of a fitted hand (a FitResult)."""
+    import torch
+
+    from .body import load_body_model
+
+    body = load_body_model(result.body_name)
+    with torch.no_grad():
+        joints = body(result.params.to(device=body.device, dtype=body.dtype)).joints[0]
+    return fingertip_curl(body, joints.cpu().double().numpy())
 
 
 def choose_side(outcomes: tuple):
     """Of one scan's fits with each side's model, the one whose body lies closest to the scan (the smallest
     residual_mm, as facings are chosen), its timings those of both fits, marked side_uncertain when the other
-    lies less than SIDE_MARGIN farther; the first outcome when the scan could not be fitted."""
+    lies less than SIDE_MARGIN farther or its fingers bend backwards (BACKWARD_CURL); the first outcome when the
+    scan could not be fitted."""
     fits = sorted((outcome for outcome in outcomes if not isinstance(outcome, Exception)), key=lambda fit: fit.residual_mm)
     if not fits:
         return outcomes[0]
@@ -154,7 +193,9 @@ def choose_side(outcomes: tuple):
     if len(fits) == 1:
         return replace(best, timings=timings)
     gap = fits[1].residual_mm - best.residual_mm
-    return replace(best, timings=timings, side_gap_mm=gap, side_uncertain=gap < SIDE_MARGIN * best.residual_mm)
+    bent_back = best.finger_curl < BACKWARD_CURL
+    return replace(best, timings=timings, side_gap_mm=gap, fingers_bent_back=bent_back,
+                   side_uncertain=gap < SIDE_MARGIN * best.residual_mm or bent_back)  # fmt: skip
 
 
 def fit_either_side(sources: list, sides: tuple[str, str], progress=None, **options) -> list:

@@ -23,7 +23,7 @@ from .checkpoints import MIRRORED_BODIES, load_network, resolve_weights
 from .descent import descend
 from .devices import pick_device
 from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
-from .hands import EITHER_SIDE, fit_either_side, without_forearm
+from .hands import EITHER_SIDE, HAND_POINTS, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, load_scan
@@ -227,7 +227,8 @@ def fit_scans(
     scans: dict[int, Scan] = {}
     for index, source in enumerate(sources):
         try:
-            scans[index] = load_scan(source, units=units, up=up, kind=kind)
+            extra = {"max_points": HAND_POINTS} if kind == "hand" else {}
+            scans[index] = load_scan(source, units=units, up=up, kind=kind, **extra)
             if kind == "hand":  # the network reads hands ending at the wrist
                 scans[index] = without_forearm(scans[index], detect_size=units is None)
         except ValueError as error:

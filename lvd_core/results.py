@@ -56,6 +56,10 @@ class FitResult:
     # that is too small to tell the sides apart (check the side).
     side_gap_mm: float = float("nan")
     side_uncertain: bool = False
+    # Hands: how far the fitted fingers bend towards the palm (lvd_core.hands.fingertip_curl), and whether they bend
+    # backwards as a hand read as the wrong side does (then side_uncertain too).
+    finger_curl: float = float("nan")
+    fingers_bent_back: bool = False
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
@@ -68,8 +72,9 @@ class FitResult:
             label += (f"; doubtful: the network's vertices lie {self.disagreement_mm:.0f} mm (median) from the fitted body"
                       f"{landmarks}, as when it misreads an unusual pose: check the fit")  # fmt: skip
         if self.side_uncertain:
-            label += (f"; the other hand fits nearly as well ({self.side_gap_mm:.1f} mm farther from the scan): check that it "
-                      f"is a {self.body_name.rsplit('-', 1)[-1]} hand or force the side")  # fmt: skip
+            why = ("its fingers bend backwards, as a hand read as the wrong side does" if self.fingers_bent_back else
+                   f"the other hand fits nearly as well ({self.side_gap_mm:.1f} mm farther from the scan)")  # fmt: skip
+            label += f"; {why}: check that it is a {self.body_name.rsplit('-', 1)[-1]} hand or force the side"
         return label
 
 
