@@ -78,7 +78,7 @@ def synthetic_rows(n: int, forearm_left_on: bool) -> list[str]:
         else:
             flagged.append(cut is not None)
         start = time.perf_counter()
-        outcomes = fit_both_sides([(points, None)], SIDES, units="m", up="z")[0]
+        outcomes = fit_both_sides(pipeline.fit_scans, [(points, None)], SIDES, units="m", up="z")[0]
         seconds = time.perf_counter() - start
         chosen = choose_side(outcomes)
         residuals = {fit.body_name: fit.residual_mm for fit in outcomes}
@@ -140,7 +140,7 @@ def fit_both_timed(path: Path, points: int) -> tuple[tuple, float]:
     pipeline.HAND_POINTS = points
     try:
         start = time.perf_counter()
-        outcomes = fit_both_sides([path], SIDES)[0]
+        outcomes = fit_both_sides(pipeline.fit_scans, [path], SIDES)[0]
         return outcomes, time.perf_counter() - start
     finally:
         pipeline.HAND_POINTS = hands.HAND_POINTS

@@ -154,12 +154,10 @@ def fingertip_curl(body, joints: np.ndarray) -> float:
     return float(((tips - centre) @ normal).mean() / np.linalg.norm((index + little) / 2 - wrist))
 
 
-def fit_both_sides(sources: list, sides: tuple[str, str], progress=None, **options) -> list[tuple]:
-    """`lvd_core.pipeline.fit_scans` of every scan with each of `sides` (body names): per scan, a tuple of
+def fit_both_sides(fit_scans, sources: list, sides: tuple[str, str], progress=None, **options) -> list[tuple]:
+    """`fit_scans` (lvd_core.pipeline's) of every scan with each of `sides` (body names): per scan, a tuple of
     the two outcomes (FitResult or the scan's ValueError), in the order of `sides`. progress(fraction,
     message) spans both."""
-    from .pipeline import fit_scans
-
     outcomes = []
     for k, side in enumerate(sides):
         step = None if progress is None else (lambda f, m, k=k, side=side: progress((k + f) / len(sides), f"{side}: {m}"))
@@ -198,7 +196,7 @@ def choose_side(outcomes: tuple):
                    side_uncertain=gap < SIDE_MARGIN * best.residual_mm or bent_back)  # fmt: skip
 
 
-def fit_either_side(sources: list, sides: tuple[str, str], progress=None, **options) -> list:
-    """fit_scans for a body whose side is chosen per scan (EITHER_SIDE): both sides fitted, `choose_side` keeps
-    one; its FitResult.body_name names the side."""
-    return [choose_side(outcomes) for outcomes in fit_both_sides(sources, sides, progress, **options)]
+def fit_either_side(fit_scans, sources: list, sides: tuple[str, str], progress=None, **options) -> list:
+    """`fit_scans` (lvd_core.pipeline's) for a body whose side is chosen per scan (EITHER_SIDE): both sides
+    fitted, `choose_side` keeps one; its FitResult.body_name names the side."""
+    return [choose_side(outcomes) for outcomes in fit_both_sides(fit_scans, sources, sides, progress, **options)]

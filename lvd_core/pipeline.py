@@ -211,7 +211,7 @@ def fit_scans(
     if body in EITHER_SIDE:  # hands of either side: both fitted, the one the scan supports kept
         options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder,
                        device=device, iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
-        return fit_either_side(sources, EITHER_SIDE[body], progress, **options)
+        return fit_either_side(fit_scans, sources, EITHER_SIDE[body], progress, **options)
     if weights is None and body in TRANSFERRED_BODIES:  # no network of its own: Anny's fit, then the user's model to it
         target = load_body_model(body, model_path)
         anny = fit_scans(sources, body=source_model(target), units=units, up=up, checkpoint_folder=checkpoint_folder,
