@@ -56,6 +56,9 @@ class FitResult:
     # that is too small to tell the sides apart (check the side).
     side_gap_mm: float = float("nan")
     side_uncertain: bool = False
+    # (3, 3) the turn (input frame) that stood up a person lying or upside down in the file (lvd_core.scan_checks);
+    # input_from_model already includes its inverse. The identity when the person stood along the file's up axis.
+    upright_turn: np.ndarray = field(default_factory=lambda: np.eye(3))
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
