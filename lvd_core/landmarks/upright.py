@@ -13,11 +13,12 @@ import numpy as np
 
 from .detect import INDEX, Landmarks, find_landmarks
 
-# (head end, feet end) landmark groups whose midpoints give the body's long axis, from the best-found down.
+# (head end, feet end) landmark groups whose midpoints give the body's long axis: the torso, else the legs (which
+# bend when sitting or crouching).
 AXIS_SEGMENTS = (
     (("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")),
-    (("left_hip", "right_hip"), ("left_knee", "right_knee")),
     (("left_hip", "right_hip"), ("left_ankle", "right_ankle")),
+    (("left_hip", "right_hip"), ("left_knee", "right_knee")),
 )
 # The person stands when the feet-to-head axis lies within 45 degrees of up: a leaning or crouching person does.
 UPRIGHT_COSINE = np.cos(np.radians(45))
@@ -43,16 +44,16 @@ def axis_name(direction: np.ndarray) -> str:
 
 
 def body_axis(person: Landmarks) -> np.ndarray | None:
-    """(3,) unit vector from the person's feet towards their head, in the landmarks' frame; None when no
-    segment of AXIS_SEGMENTS was located."""
-    axis = np.zeros(3)
+    """(3,) unit vector from the person's feet towards their head, in the landmarks' frame, along the first
+    segment of AXIS_SEGMENTS located; None when none was."""
     for head_end, feet_end in AXIS_SEGMENTS:
         ids = [INDEX[name] for name in head_end + feet_end]
-        weight = float(person.confidence[ids].min())
-        if weight > 0 and np.isfinite(person.points[ids]).all():
-            axis += weight * (person.points[ids[:2]].mean(0) - person.points[ids[2:]].mean(0))
-    length = np.linalg.norm(axis)
-    return axis / length if length > 0 else None
+        if person.confidence[ids].min() > 0 and np.isfinite(person.points[ids]).all():
+            axis = person.points[ids[:2]].mean(0) - person.points[ids[2:]].mean(0)
+            length = np.linalg.norm(axis)
+            if length > 0:
+                return axis / length
+    return None
 
 
 def is_upright(person: Landmarks) -> bool | None:
