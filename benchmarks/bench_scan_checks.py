@@ -28,7 +28,8 @@ from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.inputs.scan import ScanError, load_scan  # noqa: E402
 from lvd_core.landmarks.upright import TURNS_TO_UP  # noqa: E402
 from lvd_core.outputs import person_up  # noqa: E402
-from lvd_core.pipeline import WEIGHTS_DIR, fit_scan  # noqa: E402
+from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
+from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.scan_checks import FAR_SHARE, MAX_FAR_POINTS, far_share  # noqa: E402
 from lvd_core.synth import ScanRealism, held_out_set  # noqa: E402
 from lvd_core.synth.groups import carried, side_by_side  # noqa: E402

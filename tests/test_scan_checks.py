@@ -130,3 +130,28 @@ def test_a_batch_refuses_two_people_naming_why_and_fits_the_one_person():
     assert isinstance(results[2], ScanError) and "far from the one body fitted" in str(results[2])
     for refused in results[1:]:
         assert "looks like two people" in str(refused) and "\n" not in str(refused)
+
+
+@pytest.mark.slow
+def test_lvd_batch_skips_two_people_with_the_reason_and_fits_a_person_lying(tmp_path):
+    import contextlib
+    import io
+    import json
+
+    import trimesh
+
+    from lvd_core.cli import main
+
+    first, second = synthetic_scans(2, families=("standing",))
+    inputs, out = tmp_path / "scans", tmp_path / "out"
+    inputs.mkdir()
+    lying = 1000 * first.points.astype(np.float64) @ TURNS_TO_UP["+x"]  # the person's feet-to-head along +X
+    trimesh.PointCloud(lying).export(inputs / "lying.ply")
+    trimesh.PointCloud(1000 * side_by_side(first.points, second.points)).export(inputs / "pair.ply")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["batch", str(inputs), "--out", str(out), "--no-refine", "--no-export", "--workers", "1"])
+    assert code == 1 and "fitted 1" in stdout.getvalue() and "failed 1" in stdout.getvalue()
+    [line] = [line for line in stderr.getvalue().splitlines() if "pair.ply" in line]
+    assert "looks like two people" in line and "fit each person separately" in line
+    assert json.loads((out / "lying.json").read_text())["person_up"] == "+x"
