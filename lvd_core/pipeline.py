@@ -11,7 +11,7 @@ the descent and the fit batched (for a GPU).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from .inputs.scan import Scan, ScanError, load_scan
 from .landmarks.detect import INDEX, Landmarks
 from .nets.compact import CompactScanLVD
 from .results import FitResult, InputError, StageTimer, report_progress
-from .scan_checks import check_explained, check_one_figure, find_person, stand_up, turned, turned_back
+from .scan_checks import check_explained, check_one_figure, stand_up, turned, turned_back
 from .transfer import TRANSFERRED_BODIES, source_model, transferred
 from .synth.poses import relaxed_finger_pose
 
@@ -206,6 +206,8 @@ def fit_scans(
     from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
     Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
     default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down.
+    Body scans whose person lies or stands on their head in the file are stood up first (with `landmarks`; their
+    result is turned back, FitResult.upright_turn says how); scans of two people are refused (lvd_core.scan_checks).
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled.
     """
@@ -245,13 +247,13 @@ def fit_scans(
         return results
     order = list(scans)
     people, upright = {}, {}
-    if kind == "body":  # one person a scan: people side by side are refused before the fit
-        order = [i for i in order if not _refused(results, i, check_one_figure, scans[i])]
     if landmarks and kind == "body" and isinstance(network, CompactScanLVD):
         report_progress(progress, 0.1, "finding the person (landmarks)", cancel)
         for i in order:  # a person lying or upside down in the file is stood up (and turned back at the end)
             scans[i], upright[i], people[i] = stand_up(scans[i], keep_units=units is not None)
         lap("landmarks")
+    if kind == "body":  # one person a scan: people side by side are refused before the fit
+        order = [i for i in order if not _refused(results, i, check_one_figure, scans[i])]
     if not order:
         return results
     report_progress(progress, 0.15, "predicting vertices (LVD)", cancel)

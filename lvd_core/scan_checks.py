@@ -25,9 +25,9 @@ from .inputs.scan import Scan, ScanError, detect_units
 from .landmarks.detect import Landmarks, find_landmarks
 from .landmarks.upright import is_upright, search_standing_turn, standing_turn
 
-TWO_PEOPLE_FIX = "fit each person separately (crop the scan to one person)"
-# Separate figures: the scan's points on a grid of cells this share of its height (3.4 cm on a 1.7 m person),
-# joined across gaps under two cells (a scan's holes and gaps between an arm and the body stay joined).
+TWO_PEOPLE_FIX = "fit each person separately (crop the scan to the one person)"
+# Separate figures: the scan's points on a grid of cells this share of its largest extent (3.4 cm on a 1.7 m
+# person), joined across gaps under two cells (a scan's holes and gaps between an arm and the body stay joined).
 FIGURE_CELL_SHARE = 0.02
 # A figure is person-sized when it holds this share of the points and spans this share of the scan's height (a
 # child or a crouching person beside an adult does; a held bag, a stray fragment do not) ...
@@ -89,7 +89,7 @@ def person_sized_figures(points: np.ndarray, up: str) -> list[tuple[float, float
     """The (lowest, highest) heights of the separate person-sized figures among points (N, 3) with up axis `up`,
     in the points' units (see FIGURE_CELL_SHARE, FIGURE_POINT_SHARE, FIGURE_HEIGHT_SHARE)."""
     heights = points[:, "xyz".index(up)]
-    cells = np.floor((points - points.min(0)) / (FIGURE_CELL_SHARE * np.ptp(heights))).astype(np.int64)
+    cells = np.floor((points - points.min(0)) / (FIGURE_CELL_SHARE * np.ptp(points, axis=0).max())).astype(np.int64)
     grid = np.zeros(cells.max(0) + 1, dtype=bool)
     grid[tuple(cells.T)] = True
     labels, _ = ndimage.label(ndimage.binary_dilation(grid), structure=np.ones((3, 3, 3)))
@@ -128,4 +128,4 @@ def check_explained(scan: Scan, result) -> None:
         return
     unread = "" if result.person_found is not False else " (or a person the detector did not find: lying down? turn the scan upright)"
     raise ScanError(f"{scan.source} looks like two people{unread}: {share:.0%} of the scan lies far from the one body "
-                    f"fitted; {TWO_PEOPLE_FIX}")  # fmt: skip
+                    f"fitted (a second person, or a large object); {TWO_PEOPLE_FIX}")  # fmt: skip
