@@ -109,7 +109,7 @@ def pair_rows(scans) -> tuple[list[str], list[float]]:
         for first, second in pairs:
             result = fitted(1000 * arrange(first.points, second.points).astype(np.float64))
             message = str(result)
-            before += isinstance(result, ScanError) and "side by side" in message
+            before += isinstance(result, ScanError) and "separate person-sized figures" in message
             after += isinstance(result, ScanError) and "far from" in message
             if "far from" in message:
                 far.append(float(message.split("%")[0].rsplit(" ", 1)[-1]) / 100)

@@ -103,13 +103,14 @@ def person_sized_figures(points: np.ndarray, up: str) -> list[tuple[float, float
 
 
 def check_one_figure(scan: Scan) -> None:
-    """ScanError when two separate person-sized figures stand side by side in the scan."""
+    """ScanError when two separate person-sized figures lie side by side in the scan (people standing apart, or one
+    held clear of the other's body)."""
     figures = person_sized_figures(scan.points.astype(np.float64), scan.up)
     for (low, high), (other_low, other_high) in itertools.combinations(figures, 2):
         overlap = min(high, other_high) - max(low, other_low)
         if overlap >= SIDE_BY_SIDE_OVERLAP * min(high - low, other_high - other_low):
-            raise ScanError(f"{scan.source} looks like two people: separate figures {high - low:.4g} and "
-                            f"{other_high - other_low:.4g} {scan.units} tall stand side by side in it; {TWO_PEOPLE_FIX}")  # fmt: skip
+            raise ScanError(f"{scan.source} looks like two people: two separate person-sized figures ({high - low:.4g} and "
+                            f"{other_high - other_low:.4g} {scan.units} tall) side by side; {TWO_PEOPLE_FIX}")  # fmt: skip
 
 
 def far_share(points: np.ndarray, vertices: np.ndarray, height: float) -> float:

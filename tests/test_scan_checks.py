@@ -56,7 +56,7 @@ def synthetic_scans(n: int, families=None):
 def test_two_people_side_by_side_are_refused_before_the_fit():
     first, second = synthetic_scans(2)
     pair = 1000 * side_by_side(first.points, second.points).astype(np.float64)
-    with pytest.raises(ScanError, match="looks like two people: separate figures .* side by side.*fit each person separately"):
+    with pytest.raises(ScanError, match="looks like two people: two separate person-sized figures .* side by side; fit each person separately"):
         fit_scan(pair, None)
 
 
