@@ -60,8 +60,7 @@ def stand_up(scan: Scan, keep_units: bool = False) -> tuple[Scan, np.ndarray, La
     person = find_person(scan)
     turn = standing_turn(person)
     if turn is None:
-        found = search_standing_turn(scan_frame(scan).to_canonical(scan.points.astype(np.float64)))
-        turn = None if found is None else found[0]
+        turn = search_standing_turn(scan_frame(scan).to_canonical(scan.points.astype(np.float64)))
     if turn is None or np.array_equal(turn, np.eye(3)):
         return scan, np.eye(3), person
     to_z = QUARTER_TURNS[(scan.up, "z")]
@@ -76,7 +75,7 @@ def stand_up(scan: Scan, keep_units: bool = False) -> tuple[Scan, np.ndarray, La
 
 
 def turned_back(result, turn: np.ndarray):
-    """A pipeline FitResult of a scan turned by `turn` (3, 3) (see stand_up), in the scan's own frame again."""
+    """A FitResult (lvd_core.results) of a scan turned by `turn` (3, 3) (see stand_up), in the scan's own frame again."""
     if np.array_equal(turn, np.eye(3)):
         return result
     back = np.eye(4)

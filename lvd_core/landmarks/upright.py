@@ -69,10 +69,10 @@ def standing_turn(person: Landmarks) -> np.ndarray | None:
     return None if axis is None else TURNS_TO_UP[axis_name(axis)]
 
 
-def search_standing_turn(points: np.ndarray) -> tuple[np.ndarray, Landmarks] | None:
-    """For points (N, 3) on which no view about +Z found the person: the first turn (of the directions along
+def search_standing_turn(points: np.ndarray) -> np.ndarray | None:
+    """For points (N, 3) on which no view about +Z found the person: the first turn (3, 3) (of the directions along
     which the points span enough to be a person's height, longest first) after which the detector finds the
-    person standing, with those landmarks (in the turned frame); None when none does."""
+    person standing; None when none does."""
     extent = np.ptp(points, axis=0)
     tried = sorted((name for name in TURNS_TO_UP if name != "+z"), key=lambda name: -extent["xyz".index(name[1])])
     for name in tried:
@@ -81,5 +81,5 @@ def search_standing_turn(points: np.ndarray) -> tuple[np.ndarray, Landmarks] | N
         turn = TURNS_TO_UP[name]
         person = find_landmarks(points @ turn.T)
         if person.found and is_upright(person):
-            return turn, person
+            return turn
     return None
