@@ -48,6 +48,26 @@ def test_too_little_located_says_nothing_of_the_up():
     assert body_axis(nothing) is None and is_upright(nothing) is None and standing_turn(nothing) is None
 
 
+def test_a_person_no_view_finds_is_searched_for_along_the_long_axes(monkeypatch):
+    import lvd_core.landmarks.upright as upright
+
+    tried = []
+    nobody = Landmarks(np.full((len(NAMES), 3), np.nan), np.zeros(len(NAMES)), np.full(3, np.nan), 0)
+
+    def detector_finding_standing_people(points):  # finds a person only head up (the head is point 0) and tall
+        tried.append(points)
+        standing = points[0, 2] == points[:, 2].max() and np.ptp(points, axis=0).argmax() == 2
+        return standing_landmarks(np.eye(3)) if standing else nobody
+
+    monkeypatch.setattr(upright, "find_landmarks", detector_finding_standing_people)
+    lying = np.random.default_rng(0).uniform(-0.5, 0.5, size=(500, 3)) * [1.7, 0.5, 0.3]
+    lying[0] = [-0.9, 0.0, 0.0]  # the head at -x
+    np.testing.assert_array_equal(upright.search_standing_turn(lying), TURNS_TO_UP["-x"])
+    assert len(tried) <= 2  # only the long axis's two directions
+    lying[0] = 0.0  # no head anywhere: no turn shows a standing person
+    assert upright.search_standing_turn(lying) is None
+
+
 def synthetic_scans(n: int, families=None):
     sampling = BodySampling(yaw_range_deg=30, families=families)
     return list(held_out_set("anny", n, realism=ScanRealism(), sampling=sampling))
