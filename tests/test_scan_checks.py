@@ -103,6 +103,15 @@ def test_far_share_counts_points_beyond_a_share_of_the_height():
     assert far_share(np.concatenate([near, far]), body, 1.7) == pytest.approx(0.25)
 
 
+@pytest.mark.slow
+def test_one_person_arms_out_in_a_skirt_or_coat_is_fitted_not_refused():
+    realism = ScanRealism(loose_garment_probability=1.0, hair_probability=1.0)  # a garment hanging from the hips
+    sampling = BodySampling(yaw_range_deg=30, families=("t_pose",))
+    [scan] = list(held_out_set("anny", 1, realism=realism, sampling=sampling))
+    result = fit_scan(1000 * scan.points.astype(np.float64), None)
+    assert isinstance(result, FitResult) and np.array_equal(result.upright_turn, np.eye(3))
+
+
 def vertex_error_mm(result: FitResult, truth_m: np.ndarray, file_from_model: np.ndarray) -> float:
     """Mean distance (mm) of the fitted vertices (in a file in mm turned by file_from_model) from the truth."""
     return 1000 * float(np.linalg.norm(result.vertices_input @ file_from_model / 1000 - truth_m, axis=1).mean())
