@@ -36,9 +36,18 @@ PARAMS_FRAME_NOTE = (
 
 
 def input_up_axis(result: FitResult, body: BodyModel) -> str:
-    """The input's up axis: where input_from_model sends the model's up axis (it only ever swaps y and z)."""
+    """The input's up axis: where input_from_model sends the model's up axis once the person stands (it then only
+    ever swaps y and z)."""
+    return person_up(result, body, standing=True)[1]
+
+
+def person_up(result: FitResult, body: BodyModel, standing: bool = False) -> str:
+    """The input's axis the fitted person stands along, "+y", "-x", ... (standing: on the scan turned upright)."""
     model_up = np.eye(3)["xyz".index(body.up_axis)]
-    return "xyz"[int(np.abs(result.input_from_model[:3, :3] @ model_up).argmax())]
+    rotation = result.input_from_model[:3, :3]
+    direction = (result.upright_turn @ rotation if standing else rotation) @ model_up
+    k = int(np.abs(direction).argmax())
+    return ("+" if direction[k] > 0 else "-") + "xyz"[k]
 
 
 def zup_from_input(result: FitResult, body: BodyModel) -> np.ndarray:
@@ -68,6 +77,7 @@ def params_summary(result: FitResult, body: BodyModel) -> dict:
         "disagreement_mm": None if np.isnan(result.disagreement_mm) else result.disagreement_mm,
         "doubtful": result.doubtful,
         "facing_deg": result.facing_deg,
+        "person_up": person_up(result, body),  # the input's axis the person stands along ("-x": lying, head at -x)
         "batch_size": result.batch_size,  # scans fitted together; the timings are then the whole batch's
         "timings": result.timings,
     }

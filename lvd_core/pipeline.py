@@ -11,7 +11,7 @@ the descent and the fit batched (for a GPU).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,11 @@ from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
 from .hands import EITHER_SIDE, HAND_POINTS, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
-from .inputs.scan import Scan, load_scan
+from .inputs.scan import Scan, ScanError, load_scan
 from .landmarks.detect import INDEX, Landmarks
 from .nets.compact import CompactScanLVD
 from .results import FitResult, InputError, StageTimer, report_progress
+from .scan_checks import check_explained, check_one_figure, stand_up, turned, turned_back
 from .transfer import TRANSFERRED_BODIES, source_model, transferred
 from .synth.poses import relaxed_finger_pose
 
@@ -205,6 +206,8 @@ def fit_scans(
     from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
     Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
     default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down.
+    Body scans whose person lies or stands on their head in the file are stood up first (with `landmarks`; their
+    result is turned back, FitResult.upright_turn says how); scans of two people are refused (lvd_core.scan_checks).
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled.
     """
@@ -244,11 +247,16 @@ def fit_scans(
     if not scans:
         return results
     order = list(scans)
-    people = {}
+    people, upright = {}, {}
     if landmarks and kind == "body" and isinstance(network, CompactScanLVD):
         report_progress(progress, 0.1, "finding the person (landmarks)", cancel)
-        people = {i: find_person(scans[i]) for i in order}
+        for i in order:  # a person lying or upside down in the file is stood up (and turned back at the end)
+            scans[i], upright[i], people[i] = stand_up(scans[i], keep_units=units is not None)
         lap("landmarks")
+    if kind == "body":  # one person a scan: people side by side are refused before the fit
+        order = [i for i in order if not _refused(results, i, check_one_figure, scans[i])]
+    if not order:
+        return results
     report_progress(progress, 0.15, "predicting vertices (LVD)", cancel)
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
     twins = model.mirror_twins() if isinstance(network, CompactScanLVD) else None
@@ -258,7 +266,7 @@ def fit_scans(
         group = [i for i in order if plan[i][1] == count]
         # Each scan turned about its up axis so its person faces the trained way (and mirrored for a mirror twin's network).
         turns = {i: (MIRROR if mirrored else np.eye(3)) @ up_axis_turn(scans[i].up, -plan[i][0]) for i in group}
-        seen = [_turned(scans[i], turns[i]) for i in group]
+        seen = [turned(scans[i], turns[i]) for i in group]
         found, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, count, twins)
         for i, prediction in zip(group, found):  # back to the scan's own frame, its canonical frame the fit's
             prediction.predicted = prediction.predicted @ turns[i]
@@ -290,14 +298,19 @@ def fit_scans(
     for i in order:
         results[i] = placed[i].result(model, fits[i], dict(lap.timings), len(order), DOUBT_SHARE * size_mm,
                                       LANDMARK_DOUBT_SHARE * size_mm)  # fmt: skip
+        if kind == "body" and not _refused(results, i, check_explained, scans[i], results[i]):  # one carrying another
+            results[i] = turned_back(results[i], upright.get(i, np.eye(3)))
     return results
 
 
-def find_person(scan: Scan) -> Landmarks:
-    """The person's 3D landmarks and facing on a body scan (lvd_core.landmarks), in its canonical frame."""
-    from .landmarks.detect import find_landmarks
-
-    return find_landmarks(scan_frame(scan).to_canonical(scan.points.astype(np.float64)))
+def _refused(results: list, index: int, check, *args) -> bool:
+    """Runs check(*args); its ScanError, if any, becomes the scan's result (True)."""
+    try:
+        check(*args)
+    except ScanError as error:
+        results[index] = error
+        return True
+    return False
 
 
 def facing_plan(kind: str, facings: int | None, person: Landmarks | None) -> tuple[float, int]:
@@ -440,11 +453,6 @@ def _joined(landmarks: list[LandmarkTargets | None], group: list[_ScanInModel], 
                                       torch.zeros(n, count, dtype=model.dtype, device=model.device))  # fmt: skip
     parts = [t if t is not None else zeros(len(placed.shortlist)) for t, placed in zip(landmarks, group)]
     return LandmarkTargets(regressor, torch.cat([p.targets for p in parts]), torch.cat([p.weights for p in parts]))
-
-
-def _turned(scan: Scan, rotation: np.ndarray) -> Scan:
-    """The scan with its vertices and points rotated by `rotation` (3, 3) (input frame)."""
-    return replace(scan, vertices=scan.vertices @ rotation.T, points=(scan.points @ rotation.T).astype(np.float32))
 
 
 def up_axis_turn(up: str, yaw: float) -> np.ndarray:

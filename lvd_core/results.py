@@ -60,6 +60,9 @@ class FitResult:
     # backwards as a hand read as the wrong side does (then side_uncertain too).
     finger_curl: float = float("nan")
     fingers_bent_back: bool = False
+    # (3, 3) the turn (input frame) that stood up a person lying or upside down in the file (lvd_core.scan_checks);
+    # input_from_model already includes its inverse. The identity when the person stood along the file's up axis.
+    upright_turn: np.ndarray = field(default_factory=lambda: np.eye(3))
 
     def quality_label(self, short: bool = False) -> str:
         """How well the body fits its input, for people: a sentence, or a table cell."""
