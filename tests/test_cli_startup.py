@@ -27,7 +27,7 @@ def test_loading_anny_and_the_scan_network_leaves_torch_dynamo_unimported():
         import torch
         from lvd_core.body import load_body_model
         from lvd_core.body.base import matrix_to_axis_angle
-        from lvd_core.pipeline import load_network, resolve_weights
+        from lvd_core.checkpoints import load_network, resolve_weights
 
         load_body_model("anny")
         load_network(resolve_weights("anny", None), "cpu")
