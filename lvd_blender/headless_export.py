@@ -68,9 +68,11 @@ def serve(requests, replies) -> None:
 def main() -> int:
     replies = os.fdopen(os.dup(STDOUT), "w")
     os.dup2(STDERR, STDOUT)  # the caller's pipe carries the replies alone
-    from . import character, export  # noqa: F401 - bpy's import (~1 s), while the caller still fits
+    with tempfile.TemporaryDirectory(prefix="lvd-blender-user-", ignore_cleanup_errors=True) as blender_user:
+        os.environ["BLENDER_USER_RESOURCES"] = blender_user  # else bpy writes to ~/.config/blender
+        from . import character, export  # noqa: F401 - bpy's import (~1 s), while the caller still fits
 
-    serve(sys.stdin.buffer, replies)
+        serve(sys.stdin.buffer, replies)
     return 0
 
 

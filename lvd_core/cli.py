@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -337,9 +336,7 @@ class RiggedExporter:
 
     def __init__(self):
         source_root = str(Path(__file__).resolve().parents[1])  # the extension's sources beside this lvd_core
-        self.blender_user = tempfile.mkdtemp(prefix="lvd-blender-user-")  # else bpy writes to ~/.config/blender
-        environment = dict(os.environ, BLENDER_USER_RESOURCES=self.blender_user,
-                           PYTHONPATH=os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])))  # fmt: skip
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])))
         self.log = tempfile.TemporaryFile()  # the exporter's stderr: its last line says why it died
         self.process = subprocess.Popen([sys.executable, "-m", RIGGED_EXPORTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.log, env=environment)  # fmt: skip
@@ -387,19 +384,20 @@ class RiggedExporter:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def close(self, kill: bool = False) -> None:
-        """End the exporter (it finishes the request it is on, unless `kill`) and remove its scratch folder."""
+    def close(self, kill: bool = False, wait: bool = True) -> None:
+        """End the exporter: it finishes the request it is on (unless `kill`), then exits (waited for with
+        `wait`; every file asked for is written by then, and Blender's own exit need not hold this process)."""
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         if kill:
             self.process.kill()
-        try:
-            self.process.wait(timeout=RIGGED_EXPORT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if wait:
+            try:
+                self.process.wait(timeout=RIGGED_EXPORT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self.log.close()
-        shutil.rmtree(self.blender_user, ignore_errors=True)
 
 
 _rigged_exporter: RiggedExporter | None = None
@@ -415,10 +413,10 @@ def start_rigged_exporter() -> RiggedExporter:
     return _rigged_exporter
 
 
-def close_rigged_exporter() -> None:
+def close_rigged_exporter(wait: bool = True) -> None:
     global _rigged_exporter
     if _rigged_exporter is not None:
-        _rigged_exporter.close()
+        _rigged_exporter.close(wait=wait)
         _rigged_exporter = None
 
 
@@ -738,16 +736,13 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
 def start_worker(threads: int, parent: int, export: bool) -> None:
     """A batch worker's setup: torch threads, death with the batch's process `parent` (a killed batch must
     not leave workers fitting and writing to its folder) and, with `export`, its own rigged exporter, started
-    now and ended with the worker."""
-    from multiprocessing.util import Finalize
-
+    now (it ends with the worker: its stdin closes)."""
     from .devices import set_torch_threads
 
     die_with_parent(parent)
     set_torch_threads(threads)
     if export:
         start_rigged_exporter()
-        Finalize(None, close_rigged_exporter, exitpriority=10)
 
 
 def die_with_parent(parent: int) -> None:
@@ -907,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {type(error).__name__}: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        close_rigged_exporter()
+        close_rigged_exporter(wait=False)  # its files are written; Blender's exit need not delay the command's
 
 
 if __name__ == "__main__":
