@@ -512,13 +512,16 @@ def format_timings(timings: dict) -> str:
     return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items())
 
 
-def note_missing_rigged_export(settings: FitSettings) -> str | None:
+def note_missing_rigged_export(settings: FitSettings, start: bool = False) -> str | None:
     """Say once, before fitting, why the rigged files will not be written when they were asked for (and stop
-    asking for them); returns the reason for the summary."""
+    asking for them); returns the reason for the summary. With `start`, when they will be written, this
+    process's exporter starts now: Blender's import overlaps the fit."""
     reason = settings.export and rigged_export_unavailable()
     if reason:
         print(f"warning: no rigged .glb/.fbx for any input: {reason}", file=sys.stderr)
         settings.export = False
+    elif settings.export and start:
+        start_rigged_exporter()
     return reason or None
 
 
@@ -624,8 +627,7 @@ def run_fit(args) -> int:
     check_input_file(args.input)
     settings = fit_settings(args)
     with output_folder(settings.out):  # checked first: a fit's work is not thrown away on a folder it cannot write
-        if not note_missing_rigged_export(settings) and settings.export:
-            start_rigged_exporter()  # Blender's import overlaps the fit
+        note_missing_rigged_export(settings, start=True)
         check_setup(settings.fit_options, [args.input])
         [stem] = output_stems([args.input], settings.out)
         outcome = fit_quietly(args.input, stem, settings, getattr(args, "debug", False))
@@ -733,7 +735,7 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
     return outcomes
 
 
-def start_worker(threads: int, parent: int, export: bool) -> None:
+def start_worker(threads: int, parent: int, export: bool = False) -> None:
     """A batch worker's setup: torch threads, death with the batch's process `parent` (a killed batch must
     not leave workers fitting and writing to its folder) and, with `export`, its own rigged exporter, started
     now (it ends with the worker: its stdin closes)."""
@@ -818,7 +820,7 @@ def run_demo(args) -> int:
     from .outputs import write_preview
 
     settings = FitSettings(args.out, {"body": "anny"}, preview=False)  # the demo's preview is preview.png
-    note_missing_rigged_export(settings)
+    note_missing_rigged_export(settings, start=True)
     started = time.perf_counter()
     with output_folder(settings.out):
         scan = load_input_scan(SAMPLE_SCAN, settings.fit_options)
