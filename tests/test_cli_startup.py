@@ -20,6 +20,7 @@ from lvd_core.outputs import RiggedExportError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_loading_anny_and_the_scan_network_leaves_torch_dynamo_unimported():
     """roma's import and the network's meta-device check build each imported torch._dynamo (~1.5 s of CPU)."""
     script = textwrap.dedent("""
@@ -93,6 +94,7 @@ def fake_exporter(tmp_path, monkeypatch):
     cli.close_rigged_exporter()
 
 
+@pytest.mark.slow
 def test_one_exporter_process_writes_every_character_and_a_dead_one_is_replaced(fake_exporter):
     def export(name: str) -> str:
         target = fake_exporter / f"{name}.glb"
@@ -111,6 +113,7 @@ def test_one_exporter_process_writes_every_character_and_a_dead_one_is_replaced(
     assert cli._rigged_exporter is None
 
 
+@pytest.mark.slow
 def test_a_fit_command_starts_the_exporter_before_fitting(fake_exporter, monkeypatch):
     """The exporter's start (Blender's import) overlaps the fit: it is running when the fit begins."""
     seen = []
