@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -324,28 +325,110 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_rigged_in_blender(stem: str, character: dict, targets: dict) -> None:
-    """lvd_core.outputs.write_result's rigged writer: `python -m lvd_blender.headless_export` in a process of its
-    own (bpy's sys.path entries, memory and crashes stay out of this process and a batch's workers), the request
-    pickled on its stdin. Raises RiggedExportError with the reason."""
+class RiggedExporter:
+    """Blender's headless exporter (`python -m lvd_blender.headless_export`) in a process of its own (bpy's
+    sys.path entries, memory and crashes stay out of this process and a batch's workers), started once and fed
+    one character after another: bpy's import is paid once per command or worker, while the first fit runs.
+
+    `write` is lvd_core.outputs.write_result's rigged writer: it sends the request and returns the function
+    that waits for the files (RiggedExportError with the reason). A failed or dead exporter is replaced by a
+    fresh one at the next request."""
+
+    def __init__(self):
+        source_root = str(Path(__file__).resolve().parents[1])  # the extension's sources beside this lvd_core
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])))
+        self.log = tempfile.TemporaryFile()  # the exporter's stderr: its last line says why it died
+        self.process = subprocess.Popen([sys.executable, "-m", RIGGED_EXPORTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, env=environment)  # fmt: skip
+        self.replies: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read_replies, daemon=True).start()
+
+    def _read_replies(self) -> None:
+        for line in self.process.stdout:
+            self.replies.put(json.loads(line))
+        self.replies.put(None)  # the process ended
+
+    def write(self, stem: str, character: dict, targets: dict):
+        """Ask for `character`'s rigged files at `targets` ({"glb" | "fbx": path}); returns the function that
+        waits until they are written."""
+        from .outputs import RiggedExportError
+
+        request = pickle.dumps({"name": stem, "character": character, "targets": {kind: str(path) for kind, path in targets.items()}})
+        with contextlib.suppress(OSError):  # a dead exporter: its reason is read by `finish`
+            self.process.stdin.write(request)
+            self.process.stdin.flush()
+
+        def finish() -> None:
+            try:
+                reply = self.replies.get(timeout=RIGGED_EXPORT_TIMEOUT_S)
+            except queue.Empty:
+                self.close(kill=True)
+                raise RiggedExportError(f"Blender's export took over {RIGGED_EXPORT_TIMEOUT_S} s") from None
+            if reply is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=10)  # its exit code, when its stderr says nothing
+                reason = self._last_error()
+                self.close()
+                raise RiggedExportError(f"Blender's export failed: {reason}")
+            if "error" in reply:
+                raise RiggedExportError(f"Blender's export failed: {reply['error']}")
+
+        return finish
+
+    def _last_error(self) -> str:
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit code {self.process.returncode}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self, kill: bool = False, wait: bool = True) -> None:
+        """End the exporter: it finishes the request it is on (unless `kill`), then exits (waited for with
+        `wait`; every file asked for is written by then, and Blender's own exit need not hold this process)."""
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        if kill:
+            self.process.kill()
+        if wait:
+            try:
+                self.process.wait(timeout=RIGGED_EXPORT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+_rigged_exporter: RiggedExporter | None = None
+
+
+def start_rigged_exporter() -> RiggedExporter:
+    """This process's rigged exporter, started now if it is not running (see RiggedExporter)."""
+    global _rigged_exporter
+    if _rigged_exporter is None or not _rigged_exporter.alive:
+        if _rigged_exporter is not None:
+            _rigged_exporter.close()
+        _rigged_exporter = RiggedExporter()
+    return _rigged_exporter
+
+
+def close_rigged_exporter(wait: bool = True) -> None:
+    global _rigged_exporter
+    if _rigged_exporter is not None:
+        _rigged_exporter.close(wait=wait)
+        _rigged_exporter = None
+
+
+def write_rigged_in_blender(stem: str, character: dict, targets: dict):
+    """lvd_core.outputs.write_result's rigged writer: this process's RiggedExporter (RiggedExportError with the
+    reason when bpy or the extension is missing)."""
     from .outputs import RiggedExportError
 
     reason = rigged_export_unavailable()
     if reason:
         raise RiggedExportError(reason)
-    source_root = str(Path(__file__).resolve().parents[1])  # the extension's sources beside this lvd_core
-    request = pickle.dumps({"name": stem, "character": character, "targets": {kind: str(path) for kind, path in targets.items()}})
-    with tempfile.TemporaryDirectory(prefix="lvd-blender-user-") as blender_user:  # else bpy writes to ~/.config/blender
-        environment = dict(os.environ, BLENDER_USER_RESOURCES=blender_user,
-                           PYTHONPATH=os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])))  # fmt: skip
-        try:
-            done = subprocess.run([sys.executable, "-m", RIGGED_EXPORTER], input=request, capture_output=True,
-                                  env=environment, timeout=RIGGED_EXPORT_TIMEOUT_S)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise RiggedExportError(f"Blender's export took over {RIGGED_EXPORT_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        raise RiggedExportError(f"Blender's export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+    return start_rigged_exporter().write(stem, character, targets)
 
 
 def rigged_export_unavailable() -> str | None:
@@ -429,13 +512,16 @@ def format_timings(timings: dict) -> str:
     return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items())
 
 
-def note_missing_rigged_export(settings: FitSettings) -> str | None:
+def note_missing_rigged_export(settings: FitSettings, start: bool = False) -> str | None:
     """Say once, before fitting, why the rigged files will not be written when they were asked for (and stop
-    asking for them); returns the reason for the summary."""
+    asking for them); returns the reason for the summary. With `start`, when they will be written, this
+    process's exporter starts now: Blender's import overlaps the fit."""
     reason = settings.export and rigged_export_unavailable()
     if reason:
         print(f"warning: no rigged .glb/.fbx for any input: {reason}", file=sys.stderr)
         settings.export = False
+    elif settings.export and start:
+        start_rigged_exporter()
     return reason or None
 
 
@@ -541,8 +627,8 @@ def run_fit(args) -> int:
     check_input_file(args.input)
     settings = fit_settings(args)
     with output_folder(settings.out):  # checked first: a fit's work is not thrown away on a folder it cannot write
+        note_missing_rigged_export(settings, start=True)
         check_setup(settings.fit_options, [args.input])
-        note_missing_rigged_export(settings)
         [stem] = output_stems([args.input], settings.out)
         outcome = fit_quietly(args.input, stem, settings, getattr(args, "debug", False))
     if outcome.status == "failed":
@@ -619,6 +705,8 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
         ended[outcome.status == "failed"] += 1
         print(progress_line(sum(ended.values()), ended[True], len(todo), started), file=sys.stderr)
 
+    if settings.export and todo and args.ray is None and (batch_size > 1 or device.type == "cuda" or workers <= 1):
+        start_rigged_exporter()  # fits in this process: Blender's import overlaps the first
     if args.ray is not None:
         from .scale_out import fit_on_ray
 
@@ -631,7 +719,8 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
         for index, source, stem in todo:
             report(index, fit_quietly(source, stem, settings, debug))
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start_worker, initargs=(args.threads, os.getpid()))
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start_worker,
+                                   initargs=(args.threads, os.getpid(), settings.export))  # fmt: skip
         try:
             futures = {pool.submit(fit_quietly, source, stem, settings, debug): (index, source) for index, source, stem in todo}
             for future in as_completed(futures):
@@ -646,13 +735,16 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
     return outcomes
 
 
-def start_worker(threads: int, parent: int) -> None:
-    """A batch worker's setup: torch threads, and death with the batch's process `parent` (a killed batch must
-    not leave workers fitting and writing to its folder)."""
+def start_worker(threads: int, parent: int, export: bool = False) -> None:
+    """A batch worker's setup: torch threads, death with the batch's process `parent` (a killed batch must
+    not leave workers fitting and writing to its folder) and, with `export`, its own rigged exporter, started
+    now (it ends with the worker: its stdin closes)."""
     from .devices import set_torch_threads
 
     die_with_parent(parent)
     set_torch_threads(threads)
+    if export:
+        start_rigged_exporter()
 
 
 def die_with_parent(parent: int) -> None:
@@ -728,7 +820,7 @@ def run_demo(args) -> int:
     from .outputs import write_preview
 
     settings = FitSettings(args.out, {"body": "anny"}, preview=False)  # the demo's preview is preview.png
-    note_missing_rigged_export(settings)
+    note_missing_rigged_export(settings, start=True)
     started = time.perf_counter()
     with output_folder(settings.out):
         scan = load_input_scan(SAMPLE_SCAN, settings.fit_options)
@@ -811,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"error: {type(error).__name__}: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        close_rigged_exporter(wait=False)  # its files are written; Blender's exit need not delay the command's
 
 
 if __name__ == "__main__":

@@ -133,16 +133,17 @@ def write_result(
     *,
     body: BodyModel | None = None,
     scan_points: np.ndarray | None = None,
-    rigged_writer: Callable[[str, dict, dict[str, Path]], None] | None = None,
+    rigged_writer: Callable[[str, dict, dict[str, Path]], Callable[[], None] | None] | None = None,
     preview: bool = True,
     record: dict | None = None,
 ) -> WrittenOutputs:
     """Write every output of `result` as out_dir/<stem>* (OUTPUT_SUFFIXES): npz, obj, ply and, when asked, the
     preview and the rigged glb/fbx; the json last. `body`: the fitted model (needed for SMPL/MANO, whose file
     the caller has); `scan_points` (N, 3) in the input's frame are drawn in the preview; `rigged_writer(stem,
-    rigged_character(...), {"glb": path, "fbx": path})` writes the rigged files (RiggedExportError: they are
-    left out with a warning); `record` is added to the json (e.g. the input's fingerprint). Each step's
-    seconds are added to result.timings.
+    rigged_character(...), {"glb": path, "fbx": path})` writes the rigged files, or starts them and returns
+    the function that waits for them (RiggedExportError from either: they are left out with a warning);
+    `record` is added to the json (e.g. the input's fingerprint). Each step's seconds are added to
+    result.timings.
 
     Whole or nothing: every file is written under a partial name, then renamed into place, the json last
     (its presence means the rest is complete). Earlier outputs of the same stem are replaced all together;
@@ -164,26 +165,37 @@ def write_result(
         staged[kind] = partial_path(final[kind])
         return staged[kind]
 
+    def rigged(step: Callable[[], object]):
+        """step()'s value; None, with a warning and no rigged files, when they cannot be written."""
+        try:
+            return step()
+        except RiggedExportError as error:
+            written.warnings.append(f"no rigged .glb/.fbx: {error}")
+            for kind in RIGGED_KINDS:
+                staged.pop(kind).unlink(missing_ok=True)
+            return None
+
+    finish = None
     try:
         write_mesh_files(result, body, stage)
         lap("write")
+        if rigged_writer is not None:  # asked first: a writer in a process of its own works during the preview
+            targets = {kind: stage(kind) for kind in RIGGED_KINDS}
+            finish = rigged(lambda: rigged_writer(stem, rigged_character(result, body), targets) or (lambda: None))
         if preview:
             write_preview(stage("preview"), result, body, scan_points, title=stem)
             lap("preview")
-        if rigged_writer is not None:
-            targets = {kind: stage(kind) for kind in RIGGED_KINDS}
-            try:
-                rigged_writer(stem, rigged_character(result, body), targets)
-                lap("rigged_export")
-            except RiggedExportError as error:
-                written.warnings.append(f"no rigged .glb/.fbx: {error}")
-                for kind in RIGGED_KINDS:
-                    staged.pop(kind).unlink(missing_ok=True)
+        if finish is not None:
+            waiting, finish = finish, None
+            rigged(waiting)
+            lap("rigged_export")
         written.description = fit_description(body, result.params, real_size=result.units != "unitless")
         summary = params_summary(result, body) | {"body": written.description} | {"outputs": {kind: final[kind].name for kind in [*staged, "json"]}} | (record or {})
         stage("json").write_text(json.dumps(summary, indent=1))
         commit(staged, final)
     finally:
+        if finish is not None:  # the preview failed: the writer ends before its files are removed
+            rigged(finish)
         for path in staged.values():
             path.unlink(missing_ok=True)  # left only when writing failed: renamed away otherwise
     written.paths = {kind: final[kind] for kind in staged}

@@ -28,6 +28,9 @@ SHAPE_PRIOR_SAMPLES = 20_000  # draws of anny's shape distribution the prior's m
 
 def _load_anny(variant: str):
     """The anny model of `variant`, built from our shipped compact data (milliseconds, no cache folder)."""
+    from .roma_import import import_roma
+
+    import_roma()  # before anny, which imports it
     import anny
     from anny.models.model_data import ModelData
 

@@ -108,9 +108,9 @@ def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:
 
 def matrix_to_axis_angle(matrix: Tensor) -> Tensor:
     """Rotation matrices (..., 3, 3) -> axis-angle (..., 3), exact also near 180 degrees (via quaternions)."""
-    import roma
+    from .roma_import import import_roma
 
-    return roma.rotmat_to_rotvec(matrix)
+    return import_roma().rotmat_to_rotvec(matrix)
 
 
 def kinematic_levels(parents: np.ndarray) -> list[np.ndarray]:

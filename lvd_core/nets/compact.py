@@ -31,7 +31,7 @@ from .base import LVDNetwork, register_network
 def fourier_features(points: Tensor, width: int, scale: float = 4.0, seed: int = 0) -> Tensor:
     """Random Fourier features of points (V, 3) -> (V, width): a smooth, position-aware initial embedding."""
     g = torch.Generator().manual_seed(seed)
-    freqs = torch.randn(3, width // 2, generator=g) * scale
+    freqs = torch.empty(3, width // 2, device=points.device).normal_(generator=g) * scale  # = torch.randn's values
     angles = 2 * math.pi * points.float() @ freqs
     return torch.cat([angles.sin(), angles.cos()], dim=1) / math.sqrt(width // 2)
 
@@ -60,9 +60,12 @@ class VertexConditionedLVD(LVDNetwork):
     encoder, call `_init_head`, and implement `encode` and `point_features`."""
 
     def _init_head(self, template: list | None, embed_width: int, point_width: int, hidden: int, depth: int) -> None:
-        template_t = torch.zeros(self.vertex_count, 3) if template is None else torch.as_tensor(template, dtype=torch.float32)
+        template_cpu = torch.zeros(self.vertex_count, 3, device="cpu") if template is None else torch.as_tensor(template, dtype=torch.float32, device="cpu")
+        template_t = template_cpu.to(torch.empty(0).device)  # the device the network is built on (`with device:`)
         self.register_buffer("template", template_t)
-        self.embedding = nn.Parameter(fourier_features(template_t, embed_width))
+        # Computed on the CPU, the generator's device, whatever device the network is built on; the meta device's
+        # kernels (checkpoints.load_checkpoint's check build) would import torch._dynamo (~1.5 s).
+        self.embedding = nn.Parameter(fourier_features(template_cpu, embed_width).to(template_t.device))
         self.point_in = nn.Linear(point_width, hidden)
         self.vertex_in = nn.Linear(embed_width + 3, hidden, bias=False)
         self.trunk = nn.Sequential(*[m for _ in range(depth - 1) for m in (nn.ReLU(inplace=True), nn.Linear(hidden, hidden))])
