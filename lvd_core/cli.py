@@ -233,6 +233,11 @@ class Outcome:
     warnings: list = field(default_factory=list)  # what was left out or guessed (e.g. no rigged export, no units)
 
 
+def failed_outcome(source: str, message: str) -> Outcome:
+    """The Outcome of an input that could not be fitted, saying why."""
+    return Outcome(source, "failed", message=message)
+
+
 def is_photo(path: Path) -> bool:
     from .inputs.image import PHOTO_EXTENSIONS
 
@@ -708,9 +713,13 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
     if settings.export and todo and args.ray is None and (batch_size > 1 or device.type == "cuda" or workers <= 1):
         start_rigged_exporter()  # fits in this process: Blender's import overlaps the first
     if args.ray is not None:
-        from .scale_out import fit_on_ray
+        from .scale_out import BatchSteps, ClusterError, fit_on_ray
 
-        fit_on_ray(todo, settings, args, report)
+        steps = BatchSteps(check_setup, fit_quietly, fit_together, failed_outcome, is_photo)
+        try:
+            fit_on_ray(steps, todo, settings, args, report)
+        except ClusterError as error:
+            raise UsageError(str(error)) from None
     elif batch_size > 1:  # a GPU: batches of scans, one after another in this process
         for first in range(0, len(todo), batch_size):
             for index, outcome in fit_together(todo[first : first + batch_size], settings, debug):

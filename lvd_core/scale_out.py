@@ -2,7 +2,7 @@
 worker processes.
 
 Each worker is a Ray actor that loads the body model and networks once, then fits one input (or, on a GPU, a
-group of scans fitted together) per call with the local batch's own step (cli.fit_quietly / cli.fit_together),
+group of scans fitted together) per call with the local batch's own steps (`BatchSteps`, given by lvd_core.cli),
 so outputs, resume rules and failures are those of `lvd batch`. Inputs and --out must be on storage every node
 sees at the same path (a shared folder); each file is written whole or not at all, from whichever node fits it.
 Ray is an optional dependency, imported only here.
@@ -15,10 +15,10 @@ import logging
 import re
 import socket
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import cli
 from .devices import set_torch_threads
 
 RAY_REQUIREMENT = "ray==2.60.0"
@@ -26,6 +26,24 @@ RAY_REQUIREMENT = "ray==2.60.0"
 ADDRESS_PATTERN = re.compile(r"auto|local|(ray://)?(\[[0-9A-Fa-f:.]+\]|[\w.\-]+):\d+")
 # Attempts beyond the first of a call whose worker died (out of memory, a lost node): the worker is restarted.
 RETRIES = 2
+
+
+class ClusterError(Exception):
+    """Ray is missing or the cluster cannot run the batch as asked (a usage or setup problem)."""
+
+
+@dataclass(frozen=True)
+class BatchSteps:
+    """The local batch's steps a worker runs (module-level functions, so Ray pickles them by name):
+    check_setup(fit_options, sources) loads what the fits need; fit_one(source, stem, settings, debug) and
+    fit_many(jobs, settings, debug) fit into settings.out and return Outcomes; failed(source, message) is the
+    Outcome of an input that could not be fitted; is_photo(path) tells photos from scans."""
+
+    check_setup: Callable
+    fit_one: Callable
+    fit_many: Callable
+    failed: Callable
+    is_photo: Callable
 
 
 def cluster_address(text: str) -> str:
@@ -44,31 +62,31 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise cli.UsageError(f"--ray needs Ray: pip install {RAY_REQUIREMENT} (or lvd-core[ray])") from None
+        raise ClusterError(f"--ray needs Ray: pip install {RAY_REQUIREMENT} (or lvd-core[ray])") from None
     return ray
 
 
 class FitWorker:
-    """One Ray actor: the body model and the networks the batch's inputs need loaded once (cli.check_setup's
-    per-process caches), then one fit call after another."""
+    """One Ray actor: the body model and the networks the batch's inputs need loaded once (the steps'
+    check_setup fills the per-process caches), then one fit call after another."""
 
-    def __init__(self, settings: cli.FitSettings, threads: int, sources: list[Path]):
-        """sources: an input of each kind (scan, photo) the batch has, for the networks to load."""
+    def __init__(self, steps: BatchSteps, settings, threads: int, sources: list[Path]):
+        """settings: the batch's lvd_core.cli.FitSettings; sources: an input of each kind (scan, photo) the
+        batch has, for the networks to load."""
         set_torch_threads(threads)
-        self.settings = settings
-        cli.check_setup(settings.fit_options, sources)
+        self.steps, self.settings = steps, settings
+        steps.check_setup(settings.fit_options, sources)
 
-    def fit(self, jobs: list[tuple[int, Path, str]], debug: bool) -> list[tuple[int, cli.Outcome]]:
-        """(index, source, stem) jobs -> (index, Outcome): one input with cli.fit_quietly, several together
-        with cli.fit_together; inputs or an output folder this node cannot see fail with a note saying so."""
+    def fit(self, jobs: list[tuple[int, Path, str]], debug: bool) -> list[tuple]:
+        """(index, source, stem) jobs -> (index, Outcome): one input with fit_one, several together with
+        fit_many; inputs or an output folder this node cannot see fail with a note saying so."""
         unseen = [(index, unseen_note(source, self.settings.out)) for index, source, _ in jobs]
-        outcomes = [(index, cli.Outcome(str(source), "failed", message=note))
-                    for (index, note), (_, source, _) in zip(unseen, jobs) if note]  # fmt: skip
+        outcomes = [(index, self.steps.failed(str(source), note)) for (index, note), (_, source, _) in zip(unseen, jobs) if note]
         visible = [job for job, (_, note) in zip(jobs, unseen) if not note]
         if len(visible) == 1:
             index, source, stem = visible[0]
-            return outcomes + [(index, cli.fit_quietly(source, stem, self.settings, debug))]
-        return outcomes + (cli.fit_together(visible, self.settings, debug) if visible else [])
+            return outcomes + [(index, self.steps.fit_one(source, stem, self.settings, debug))]
+        return outcomes + (self.steps.fit_many(visible, self.settings, debug) if visible else [])
 
 
 def unseen_note(source: Path, out: Path) -> str:
@@ -79,13 +97,13 @@ def unseen_note(source: Path, out: Path) -> str:
     return ""
 
 
-def fit_on_ray(todo: list[tuple[int, Path, str]], settings: cli.FitSettings, args, report: Callable[[int, cli.Outcome], None]) -> None:
-    """Fit the (index, source, stem) inputs on the Ray cluster at args.ray, calling report(index, Outcome) as
+def fit_on_ray(steps: BatchSteps, todo: list[tuple[int, Path, str]], settings, args, report: Callable) -> None:
+    """Fit the (index, source, stem) inputs with `steps` on the Ray cluster at args.ray, calling report(index, Outcome) as
     each ends. Workers: --workers, else one per GPU (CUDA; groups of --batch-size scans per call) or per
     --threads CPUs of the cluster. A worker that dies mid-fit is restarted and the call tried again (RETRIES);
     on Ctrl-C the workers are killed (no file is left half-written: outputs are renamed into place whole).
     Uses the Ray connection this process has, else connects (or starts a local instance) and shuts it down at
-    the end."""
+    the end. Raises ClusterError when Ray is missing or no node has --threads CPUs."""
     if not todo:
         return
     ray = import_ray()
@@ -99,22 +117,22 @@ def fit_on_ray(todo: list[tuple[int, Path, str]], settings: cli.FitSettings, arg
         jobs = job_groups(todo, args.batch_size or (GPU_BATCH if gpus else 1))
         largest_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
         if args.threads > largest_node:  # its workers would wait for ever
-            raise cli.UsageError(f"--threads {args.threads}: no node of the Ray cluster has that many CPUs (at most {largest_node:g})")
+            raise ClusterError(f"--threads {args.threads}: no node of the Ray cluster has that many CPUs (at most {largest_node:g})")
         slots = int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1) // (1 if gpus else args.threads))
         actor_class = ray.remote(FitWorker).options(
             num_cpus=args.threads, num_gpus=1 if gpus else 0,
             max_restarts=(RETRIES + 1) * len(jobs), max_task_retries=RETRIES,  # bounded: a worker that dies at start
         )  # fmt: skip
         shared_settings = dataclasses.replace(settings, out=settings.out.resolve())  # workers' current folders differ
-        sources = list({cli.is_photo(source): source for job in jobs for _, source, _ in job}.values())  # one per kind
-        workers = [actor_class.remote(shared_settings, args.threads, sources) for _ in range(max(1, min(args.workers or slots, len(jobs))))]
+        sources = list({steps.is_photo(source): source for job in jobs for _, source, _ in job}.values())  # one per kind
+        workers = [actor_class.remote(steps, shared_settings, args.threads, sources) for _ in range(max(1, min(args.workers or slots, len(jobs))))]
         given = {index: str(source) for index, source, _ in todo}
 
-        def report_as_given(index: int, outcome: cli.Outcome) -> None:
+        def report_as_given(index: int, outcome) -> None:
             report(index, dataclasses.replace(outcome, source=given[index]))
 
         try:
-            run_jobs(ray, workers, jobs, getattr(args, "debug", False), report_as_given)
+            run_jobs(ray, workers, jobs, steps, getattr(args, "debug", False), report_as_given)
         finally:
             for worker in workers:
                 ray.kill(worker, no_restart=True)  # on Ctrl-C: stops the fits in flight
@@ -129,7 +147,7 @@ def job_groups(todo: list[tuple[int, Path, str]], size: int) -> list[list[tuple[
     return [absolute[first : first + size] for first in range(0, len(absolute), size)]
 
 
-def run_jobs(ray, workers: list, jobs: list[list[tuple[int, Path, str]]], debug: bool, report: Callable[[int, cli.Outcome], None]) -> None:
+def run_jobs(ray, workers: list, jobs: list[list[tuple[int, Path, str]]], steps: BatchSteps, debug: bool, report: Callable) -> None:
     """Keep each worker on one call until every job has ended; a call whose worker died for good fails its
     inputs (the others go on). Calls still running when this stops (Ctrl-C) are cancelled, not retried."""
     queue = deque(jobs)
@@ -147,7 +165,7 @@ def run_jobs(ray, workers: list, jobs: list[list[tuple[int, Path, str]]], debug:
                 outcomes = ray.get(ready)
             except ray.exceptions.RayError as error:
                 message = worker_death_note(error)
-                outcomes = [(index, cli.Outcome(str(source), "failed", message=message)) for index, source, _ in job]
+                outcomes = [(index, steps.failed(str(source), message)) for index, source, _ in job]
             for index, outcome in outcomes:
                 report(index, outcome)
     finally:

@@ -20,7 +20,7 @@ import pytest
 
 from lvd_core import cli
 from lvd_core.cli import SAMPLE_SCAN
-from lvd_core.scale_out import RETRIES, FitWorker
+from lvd_core.scale_out import RETRIES, BatchSteps, FitWorker
 
 from test_cli import run
 
@@ -177,7 +177,8 @@ def test_ray_batch_refuses_more_threads_than_any_node_has(ray_cluster, tmp_path)
 
 def test_worker_fails_inputs_and_out_folders_its_node_does_not_see(tmp_path):
     settings = cli.FitSettings(tmp_path / "out", {"body": "anny", "device": "cpu", "refine": False}, export=False, preview=False)
-    worker = FitWorker(settings, 1, [SAMPLE_SCAN])  # in this process: the actor's class, without Ray
+    steps = BatchSteps(cli.check_setup, cli.fit_quietly, cli.fit_together, cli.failed_outcome, cli.is_photo)
+    worker = FitWorker(steps, settings, 1, [SAMPLE_SCAN])  # in this process: the actor's class, without Ray
     [(index, outcome)] = worker.fit([(7, tmp_path / "elsewhere.ply", "elsewhere")], debug=False)
     assert (index, outcome.status) == (7, "failed")
     assert outcome.message.startswith(f"the input {tmp_path / 'elsewhere.ply'} is not visible on node ")
