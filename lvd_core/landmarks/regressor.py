@@ -29,7 +29,7 @@ LANDMARK_FILES = {"anny": "anny/anny-landmarks.npz"}
 # Each detected landmark weighs this share of the LVD vertices' count times its confidence (0-1), under a
 # Huber loss of this scale (metres, model frame): strong enough to pull a limb the network misplaced.
 LANDMARK_WEIGHT = 0.03
-LANDMARK_HUBER = 0.05
+LANDMARK_HUBER = 0.02
 # Less confident detections are left out: they miss by 20-40 cm at the 90th percentile (held-out synthetic
 # bodies, weights/anny/anny-landmarks.json), the confident ones by 4-11 cm.
 LANDMARK_MIN_CONFIDENCE = 0.5
