@@ -16,6 +16,7 @@ writes weights/anny/anny-landmarks.npz and its manifest (anny-landmarks.json: ho
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ OUTLIER_SHARE = 3.0  # a body whose miss is over this many times the median miss
 
 def detections(body_name: str, count: int, minutes: float, seed: int = SEED) -> dict[str, np.ndarray]:
     """Up to `count` clothed synthetic bodies of every pose family, any facing, with the detector's landmarks:
-    vertices (S, V, 3) float32 the unclothed body, points (S, 33, 3) and confidence (S, 33) in the same frame
+    index (S,) each body's in the dataset, vertices (S, V, 3) float32 the unclothed body, points (S, 33, 3) and confidence (S, 33) in the same frame
     (metres, Z up), family (S,). Bodies where no person is found are left out; stops after `minutes`."""
     from ..body import load_body_model
     from ..canonical import scan_frame
@@ -48,7 +49,7 @@ def detections(body_name: str, count: int, minutes: float, seed: int = SEED) -> 
 
     families = known_families(load_body_model(body_name))
     dataset = SyntheticScans(body_name, seed, sampling=BodySampling(yaw_range_deg=180, families=families))
-    found: dict[str, list] = {"vertices": [], "points": [], "confidence": [], "family": []}
+    found: dict[str, list] = {"index": [], "vertices": [], "points": [], "confidence": [], "family": []}
     start = time.monotonic()
     for i in range(count):
         if time.monotonic() - start > 60 * minutes:
@@ -59,6 +60,7 @@ def detections(body_name: str, count: int, minutes: float, seed: int = SEED) -> 
         person = find_landmarks(frame.to_canonical(loaded.points.astype(np.float64)))
         if not person.found:
             continue
+        found["index"].append(i)
         found["vertices"].append(scan.vertices_gt)
         found["points"].append(frame.to_input(person.points))
         found["confidence"].append(person.confidence)
@@ -149,7 +151,6 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="stop rendering after this long")
     parser.add_argument("--cache", type=Path, help="an .npz of the detections: read if it exists, else written")
     args = parser.parse_args()
-    started = time.monotonic()
     if args.cache is not None and args.cache.exists():
         data = dict(np.load(args.cache))
     else:
@@ -161,10 +162,11 @@ def main() -> None:
     path = landmark_file(args.body)
     np.savez_compressed(path, **arrays)
     manifest = {
-        "what": "the person detector's (MediaPipe Pose 0.10.21, complexity 1) 3D landmarks as non-negative blends "
-        f"of the {args.body} body's posed vertices (rows sum to 1), for fitting a body to detected landmarks",
-        "made_with": f"python -m lvd_core.landmarks.learn --body {args.body} --bodies {args.bodies}",
-        "data": f"{len(data['vertices'])} synthetic clothed bodies (lvd_core.synth seed {SEED}, default ScanRealism, "
+        "what": "the person detector's (MediaPipe Pose 0.10.21, complexity 1) 3D landmarks as affine blends of "
+        f"the {args.body} body's posed vertices (rows sum to 1), for fitting a body to detected landmarks",
+        "made_with": f"python -m lvd_core.landmarks.learn --body {args.body} --bodies {args.bodies} --minutes {args.minutes:g}",
+        "data": f"{len(data['vertices'])} synthetic clothed bodies of the first {data['index'].max() + 1} (lvd_core.synth "
+        f"SyntheticScans seed {SEED}, default ScanRealism, "
         f"every pose family, facing uniform over +-180 deg) where the detector found the person on 8 rendered views; "
         f"detections with confidence >= {LANDMARK_MIN_CONFIDENCE}; the last {TEST_SHARE:.0%} held out for the test, "
         f"the {VALIDATION_SHARE:.0%} before them pick each landmark's prior strength",
@@ -174,8 +176,7 @@ def main() -> None:
         f"detection confidence, pulled to the model's regressor (strength from {PRIORS} per body), bodies missing by "
         f"over {OUTLIER_SHARE}x the median dropped and refitted",
         "test": scores,
-        "seconds": round(time.monotonic() - started),
-        "sha256_npz": __import__("hashlib").sha256(path.read_bytes()).hexdigest(),
+        "sha256_npz": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
     path.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n")
     for name, score in scores.items():
