@@ -233,10 +233,10 @@ def test_landmark_targets_skip_unknown_points(anny):
     assert targets.huber is not None
 
 
-def _finger_fits(huber: float | None, tmp_path) -> tuple[float, float]:
-    """A stand-in hand and landmarks on its index finger's parts. First fit: the LVD targets put the finger bent,
-    the landmarks are right; second: the targets are right, the landmarks 3 cm off (a wrong detection). The
-    finger's mean error (metres) of each fit."""
+def test_huber_landmarks_pull_a_misplaced_part_from_afar(tmp_path):
+    """A stand-in hand whose LVD targets put the index finger bent, with landmarks on the finger's parts where they
+    truly are: under the vertex rows' own loss (Geman-McClure at the end) the landmarks, far off, stop pulling;
+    under a Huber loss at the same weight they bring the finger back."""
     body = load_body_model("mano", write_official_pickle(make_model_arrays("mano"), tmp_path / "MANO_RIGHT.pkl"))
     params = body.zero_params(1)
     with torch.no_grad():
@@ -247,21 +247,15 @@ def _finger_fits(huber: float | None, tmp_path) -> tuple[float, float]:
     owner = body.skinning_weights.argmax(1)
     finger = torch.isin(owner, torch.tensor([1, 2, 3]))
     regressor = torch.stack([(owner == j).to(truth.dtype) / (owner == j).sum() for j in (1, 2, 3)])
-    weights = torch.full((1, 3), 100.0, dtype=truth.dtype)
-    errors = []
-    for targets, shift in ((torch.where(finger[None, :, None], misplaced, truth), 0.0), (truth, 0.03)):
-        found = torch.einsum("lv,bvc->blc", regressor, truth) + shift
+    targets = torch.where(finger[None, :, None], misplaced, truth)
+    found = torch.einsum("lv,bvc->blc", regressor, truth)
+    weights = torch.full((1, 3), 30.0, dtype=truth.dtype)
+    error = {}
+    for huber in (None, 0.005):
         fit = fit_to_vertices(body, targets, landmarks=LandmarkTargets(regressor, found, weights, huber))
-        errors.append((fit.vertices[0, finger] - truth[0, finger]).norm(dim=-1).mean().item())
-    return errors[0], errors[1]
-
-
-def test_huber_landmarks_pull_a_misplaced_part_and_resist_a_wrong_detection(tmp_path):
-    squared_right, squared_wrong = _finger_fits(None, tmp_path)
-    huber_right, huber_wrong = _finger_fits(0.005, tmp_path)
-    print(squared_right, squared_wrong, huber_right, huber_wrong)
-    assert huber_right < 0.005  # still pulled all the way back
-    assert huber_wrong < 0.5 * squared_wrong  # a detection 3 cm off drags the part less
+        error[huber] = (fit.vertices[0, finger] - truth[0, finger]).norm(dim=-1).mean().item()
+    assert error[None] > 0.01
+    assert error[0.005] < 0.1 * error[None]
 
 
 @pytest.mark.slow
@@ -274,5 +268,5 @@ def test_landmarks_bring_arms_held_in_front_nearer_the_truth(anny):
     for landmarks in (False, True):
         result = fit_scan(1000 * scan.points, None, landmarks=landmarks)
         error[landmarks] = np.linalg.norm(wrists @ result.vertices_input - truth, axis=1).mean()
-    assert error[True] < 0.6 * error[False]
+    assert error[True] < 0.5 * error[False]
     assert error[True] < 40
