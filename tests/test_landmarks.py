@@ -22,6 +22,7 @@ from lvd_core.landmarks.detect import (
     triangulate,
 )
 from lvd_core.landmarks.render import BACKGROUND, render_views, view_direction, view_right
+from lvd_core.landmarks.learn import fit_landmark
 from lvd_core.landmarks.regressor import LEARNED_NAMES, detector_regressor, landmark_targets, strongest_weights
 from lvd_core.pipeline import FALLBACK_FACINGS, facing_plan, fit_scan, up_axis_turn
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set
@@ -219,6 +220,17 @@ def test_learned_regressor_maps_a_body_to_the_detectors_landmarks(anny):
         if name.startswith("left_"):
             mirrored = learned[name.replace("left_", "right_")] * [-1, 1, 1]
             assert np.linalg.norm(learned[name] - mirrored) < 0.02
+
+
+def test_a_landmarks_affine_weights_are_recovered_past_a_wrong_detection():
+    rng = np.random.default_rng(0)
+    candidates = rng.normal(size=(60, 6, 3))
+    truth = np.array([0.5, 0.4, 0.3, -0.1, -0.2, 0.1])  # sums to 1; negative weights carry an offset
+    targets = np.einsum("sci,c->si", candidates, truth) + rng.normal(0, 1e-3, (60, 3))
+    targets[7] += 5.0  # one body's detection far off
+    weights = fit_landmark(candidates, targets, np.ones(60), prior=np.full(6, 1 / 6), strength=1e-4)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights == pytest.approx(truth, abs=0.01)
 
 
 def test_landmark_targets_skip_unknown_points(anny):

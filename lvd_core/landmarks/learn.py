@@ -1,14 +1,15 @@
-"""Learn where the person detector puts each landmark, as a sparse blend of the body model's vertices.
+"""Learn where the person detector puts each landmark, as a blend of a few of the body model's vertices.
 
-MediaPipe's points differ from the body model's own keypoints (its hips higher, its ankles and heels above the
-bone, its ears on the hair): fitted to them through the model's regressor, a body is pulled off by centimetres.
+MediaPipe's points differ from the body model's own keypoints (on Anny: its knees, ankles and heels 2-3 cm higher,
+its ears 3-4 cm nearer the midline): fitted to them through the model's regressor, a body is pulled off by
+centimetres.
 So each landmark is learned from synthetic bodies: render a clothed scan of a random body (`lvd_core.synth`),
 detect and triangulate as for a user's scan (`find_landmarks`), and solve (least squares) for vertex weights
 summing to 1 that map the true body to the detected point: the model's keypoint vertices plus a few spread
 around it, whose signed weights carry the offset in the body's local frame (an affine blend follows the body
 wherever it stands), near the model's own regressor where the data say little.
 
-    python -m lvd_core.landmarks.learn --bodies 320 --minutes 20 --cache /tmp/anny-detections.npz
+    python -m lvd_core.landmarks.learn --bodies 420 --minutes 22 [--cache detections.npz]
 
 writes weights/anny/anny-landmarks.npz and its manifest (anny-landmarks.json: how it was made, held-out error).
 """
@@ -39,8 +40,9 @@ OUTLIER_SHARE = 3.0  # a body whose miss is over this many times the median miss
 
 def detections(body_name: str, count: int, minutes: float, seed: int = SEED) -> dict[str, np.ndarray]:
     """Up to `count` clothed synthetic bodies of every pose family, any facing, with the detector's landmarks:
-    index (S,) each body's in the dataset, vertices (S, V, 3) float32 the unclothed body, points (S, 33, 3) and confidence (S, 33) in the same frame
-    (metres, Z up), family (S,). Bodies where no person is found are left out; stops after `minutes`."""
+    index (S,) each body's in the dataset, vertices (S, V, 3) float32 the unclothed body, points (S, 33, 3) and
+    confidence (S, 33) in the same frame (metres, Z up), family (S,). Bodies where no person is found are left
+    out; stops after `minutes`."""
     from ..body import load_body_model
     from ..canonical import scan_frame
     from ..inputs.scan import load_scan
@@ -147,8 +149,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--body", default="anny")
-    parser.add_argument("--bodies", type=int, default=320, help="synthetic bodies rendered and detected")
-    parser.add_argument("--minutes", type=float, default=20.0, help="stop rendering after this long")
+    parser.add_argument("--bodies", type=int, default=420, help="synthetic bodies rendered and detected")
+    parser.add_argument("--minutes", type=float, default=22.0, help="stop rendering after this long")
     parser.add_argument("--cache", type=Path, help="an .npz of the detections: read if it exists, else written")
     args = parser.parse_args()
     if args.cache is not None and args.cache.exists():
@@ -160,7 +162,9 @@ def main() -> None:
     model = load_body_model(args.body)
     arrays, scores = learn(data, model)
     path = landmark_file(args.body)
-    np.savez_compressed(path, **arrays)
+    partial = path.with_name(path.stem + ".partial.npz")  # written whole, then put in place
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)
     manifest = {
         "what": "the person detector's (MediaPipe Pose 0.10.21, complexity 1) 3D landmarks as affine blends of "
         f"the {args.body} body's posed vertices (rows sum to 1), for fitting a body to detected landmarks",
