@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvd_core.body import load_body_model  # noqa: E402
+from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
 from lvd_core.landmarks import regressor  # noqa: E402
 from lvd_core.landmarks.detect import find_landmarks  # noqa: E402
-from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
 from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from provenance import provenance  # noqa: E402
