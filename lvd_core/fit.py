@@ -70,15 +70,19 @@ class LandmarkTargets:
     regressor: (L, V) dense or sparse, from the posed, scaled and translated vertices to L points.
     targets:   (B, L, 3) metres, model frame (anything where the weight is 0).
     weights:   (B, L) >= 0 on the vertex weights' scale (1 counts as much as one LVD vertex); 0: not seen.
+    huber:     metres or None. Given, the landmark rows take a Huber loss in every stage instead of the vertex
+               rows' treatment: beyond this distance a landmark's pull stops growing, but never fades, so a limb
+               the vertices misplaced is still pulled from afar while a wrong detection cannot take over.
     """
 
     regressor: Tensor
     targets: Tensor
     weights: Tensor
+    huber: float | None = None
 
     def item(self, b: int) -> "LandmarkTargets":
         """Batch item b (keeping a batch dimension of 1)."""
-        return LandmarkTargets(self.regressor, self.targets[b : b + 1], self.weights[b : b + 1])
+        return LandmarkTargets(self.regressor, self.targets[b : b + 1], self.weights[b : b + 1], self.huber)
 
 
 @dataclass
@@ -291,8 +295,10 @@ class _Goals:
     def __init__(self, body: BodyModel, targets: Tensor, vertex_ids: Tensor, weights: Tensor, landmarks: LandmarkTargets | None = None):
         self.vertex_count = len(vertex_ids)
         self.ids, self.mix, self.targets, self.weights = vertex_ids, None, targets, weights
+        self.huber = None  # metres: the landmark rows' Huber scale (LandmarkTargets.huber)
         if landmarks is None:
             return
+        self.huber = landmarks.huber
         kw = dict(device=body.device, dtype=body.dtype)
         regressor = landmarks.regressor.to_dense() if landmarks.regressor.is_sparse else landmarks.regressor
         regressor = regressor.to(**kw)
@@ -380,12 +386,18 @@ def levenberg_marquardt(
         return stack(*evaluate(x), sqrt_w)
 
     def irls_weights(vertices: Tensor) -> Tensor:
-        """sqrt of per-row weights: the given confidences, times Geman-McClure's when robust; normalised."""
+        """sqrt of per-row weights: the given confidences, times Geman-McClure's when robust (the landmark rows
+        Huber's instead, always, when goals.huber is set); normalised."""
         w = weights / weights.sum(1, keepdim=True)
+        if robust_scale is None and goals.huber is None:
+            return w.sqrt()
+        squared = (goals.points(vertices) - targets).square().sum(-1)
+        robust = torch.ones_like(squared)
         if robust_scale is not None:
-            squared = (goals.points(vertices) - targets).square().sum(-1)
-            w = w * (robust_scale[:, None] ** 2 / (squared + robust_scale[:, None] ** 2)) ** 2
-        return w.sqrt()
+            robust = (robust_scale[:, None] ** 2 / (squared + robust_scale[:, None] ** 2)) ** 2
+        if goals.huber is not None:
+            robust[:, goals.vertex_count :] = (goals.huber / squared[:, goals.vertex_count :].sqrt().clamp_min(1e-12)).clamp_max(1.0)
+        return (w * robust).sqrt()
 
     frozen = {body.joint_names.index(name) for name in options.frozen_joints if name in body.joint_names}
 

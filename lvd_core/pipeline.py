@@ -27,7 +27,8 @@ from .hands import EITHER_SIDE, HAND_POINTS, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
 from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
 from .inputs.scan import Scan, ScanError, load_scan
-from .landmarks.detect import INDEX, Landmarks
+from .landmarks.detect import Landmarks
+from .landmarks.regressor import landmark_targets
 from .nets.compact import CompactScanLVD
 from .results import FitResult, InputError, StageTimer, report_progress
 from .scan_checks import check_explained, check_one_figure, stand_up, turned, turned_back
@@ -37,16 +38,6 @@ from .synth.poses import relaxed_finger_pose
 SURFACE_POINTS = 4000  # scan points the surface refinement matches against
 # Facings LVD tries on a body scan where the person detector found no person (its facing is then unknown).
 FALLBACK_FACINGS = 4
-# The detector's landmarks as fit targets: each weighs this share of the LVD vertices' count times its
-# confidence (0-1) and its LANDMARK_TRUST. MediaPipe places some points otherwise than the body model's COCO
-# regressor: its hips higher and wider, its "foot index" (toe tip) beyond the big toe, its face points on the
-# surface. Light for now: the detector's points are no closer than LVD's vertices (benchmarks/results_facing.md),
-# and at 0.01 they moved the real sample scan's fit off its surface (median 14.3 -> 16.2 mm; 0.003: 14.45).
-LANDMARK_WEIGHT = 0.003
-LANDMARK_TRUST = {"left_hip": 0.3, "right_hip": 0.3, "left_big_toe": 0.5, "right_big_toe": 0.5, "nose": 0.5,
-                  "left_eye": 0.5, "right_eye": 0.5, "left_ear": 0.5, "right_ear": 0.5}  # fmt: skip
-LANDMARK_VERTICES = 32  # each landmark's strongest regressor weights kept: within 4 mm of the whole regressor on held-out bodies
-DETECTOR_NAMES = {"left_big_toe": "left_foot_index", "right_big_toe": "right_foot_index"}  # the detector's name for a point
 # A fit is also doubtful when the fitted body's landmarks lie, at the median, farther than this share of the
 # model's size (80 mm on Anny's body) from the detected ones: the fit and the detector disagree on the pose.
 LANDMARK_DOUBT_SHARE = 0.05
@@ -342,26 +333,18 @@ class _ScanInModel:
 
     def _landmarks_in_model(self, model: BodyModel) -> LandmarkTargets | None:
         """The person's landmarks as targets for the body model's own (batch 1, model frame), or None when the
-        model has no landmark regressor or the person was not surely found."""
-        regressor = model.landmark_regressor()
-        if regressor is None or self.person is None or not self.person.sure:
+        model has no landmark regressor or the person was not surely found (lvd_core.landmarks.regressor)."""
+        if self.person is None or not self.person.sure:
             return None
-        matrix, names = regressor
-        matrix = strongest_weights(matrix, LANDMARK_VERTICES)
         located = apply_transform(self.to_model, self.prediction.canonical.to_input(self.person.points))
-        rows = [INDEX.get(DETECTOR_NAMES.get(name, name)) for name in names]
-        targets = np.array([located[r] if r is not None else np.zeros(3) for r in rows])
-        weights = np.array([0.0 if r is None else self.person.confidence[r] * LANDMARK_TRUST.get(name, 1.0)
-                            for name, r in zip(names, rows)])  # fmt: skip
-        weights = np.where(np.isfinite(targets).all(1), weights * LANDMARK_WEIGHT * len(self.vertex_ids), 0.0)
-        kw = dict(dtype=self.dtype, device=self.device)
-        return LandmarkTargets(matrix, torch.as_tensor(np.nan_to_num(targets)[None], **kw), torch.as_tensor(weights[None], **kw))
+        return landmark_targets(model, located, self.person.confidence, len(self.vertex_ids))
 
     def landmark_targets(self, count: int) -> LandmarkTargets | None:
         """The landmark targets repeated for `count` fits of this scan (None: none)."""
         if self.landmarks is None:
             return None
-        return LandmarkTargets(self.landmarks.regressor, self.landmarks.targets.repeat(count, 1, 1), self.landmarks.weights.repeat(count, 1))
+        return LandmarkTargets(self.landmarks.regressor, self.landmarks.targets.repeat(count, 1, 1),
+                               self.landmarks.weights.repeat(count, 1), self.landmarks.huber)  # fmt: skip
 
     def landmark_disagreement(self, fit) -> float:
         """Metres: median distance from the fitted body's landmarks to the detected ones that weigh (NaN: none)."""
@@ -434,14 +417,6 @@ def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -
     return [[next(items) for _ in placed.shortlist] for placed in group]
 
 
-def strongest_weights(matrix: torch.Tensor, count: int) -> torch.Tensor:
-    """(L, V) blend weights keeping each row's `count` largest, rescaled to the row's sum: the fit then poses only
-    those vertices for the landmarks (a regressor's rows can spread over hundreds)."""
-    top = matrix.topk(count, dim=1)
-    kept = torch.zeros_like(matrix).scatter_(1, top.indices, top.values)
-    return kept * (matrix.sum(1, keepdim=True) / kept.sum(1, keepdim=True))
-
-
 def _joined(landmarks: list[LandmarkTargets | None], group: list[_ScanInModel], model: BodyModel) -> LandmarkTargets | None:
     """The batch's landmark targets, scan after scan (a scan without any weighs nothing); None when none has any."""
     known = [t for t in landmarks if t is not None]
@@ -452,7 +427,7 @@ def _joined(landmarks: list[LandmarkTargets | None], group: list[_ScanInModel], 
     zeros = lambda n: LandmarkTargets(regressor, torch.zeros(n, count, 3, dtype=model.dtype, device=model.device),  # noqa: E731
                                       torch.zeros(n, count, dtype=model.dtype, device=model.device))  # fmt: skip
     parts = [t if t is not None else zeros(len(placed.shortlist)) for t, placed in zip(landmarks, group)]
-    return LandmarkTargets(regressor, torch.cat([p.targets for p in parts]), torch.cat([p.weights for p in parts]))
+    return LandmarkTargets(regressor, torch.cat([p.targets for p in parts]), torch.cat([p.weights for p in parts]), known[0].huber)
 
 
 def up_axis_turn(up: str, yaw: float) -> np.ndarray:

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from lvd_core.body import load_body_model
+from lvd_core.fit import LandmarkTargets, fit_to_vertices
+
 from lvd_core.canonical import scan_frame, yaw_rotation
 from lvd_core.inputs.frame import QUARTER_TURNS
 from lvd_core.inputs.scan import load_scan
@@ -19,8 +22,11 @@ from lvd_core.landmarks.detect import (
     triangulate,
 )
 from lvd_core.landmarks.render import BACKGROUND, render_views, view_direction, view_right
-from lvd_core.pipeline import FALLBACK_FACINGS, facing_plan, fit_scan, strongest_weights, up_axis_turn
-from lvd_core.synth import ScanRealism, held_out_set
+from lvd_core.landmarks.learn import fit_landmark
+from lvd_core.landmarks.regressor import LEARNED_NAMES, detector_regressor, landmark_targets, strongest_weights
+from lvd_core.pipeline import FALLBACK_FACINGS, facing_plan, fit_scan, up_axis_turn
+from lvd_core.synth import BodySampling, ScanRealism, held_out_set
+from synthetic_models import make_model_arrays, write_official_pickle
 
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
 YAWS = np.arange(8) * np.pi / 4
@@ -183,3 +189,96 @@ def test_real_scan_facing_x_fits_as_the_file_does(shared_data):
     median_mm = np.median(cKDTree(turned.vertices_input).query(points)[0])
     assert median_mm == pytest.approx(reference.residual_mm, abs=3)
     assert np.isfinite(turned.landmark_disagreement_mm)
+
+
+@pytest.fixture(scope="module")
+def anny():
+    return load_body_model("anny")
+
+
+def test_learned_regressor_maps_a_body_to_the_detectors_landmarks(anny):
+    matrix, names = detector_regressor(anny)
+    assert names == list(LEARNED_NAMES)
+    assert matrix.shape == (len(names), anny.vertex_count)
+    assert ((matrix != 0).sum(1) <= 32).all()  # a few vertices each: the fit poses only those
+    assert matrix.sum(1) == pytest.approx(torch.ones(len(names), dtype=matrix.dtype), abs=1e-5)
+    with torch.no_grad():
+        rest = anny(anny.zero_params(1)).vertices[0].double()
+    learned = dict(zip(names, (matrix.double() @ rest).numpy()))
+    coco, coco_names = anny.landmark_regressor()
+    own = dict(zip(coco_names, (coco.double() @ rest).numpy()))
+    # Where the detector differs from the model's keypoints (weights/anny/anny-landmarks.json): its knees, ankles
+    # and heels 2-3 cm higher, its ears 3-4 cm nearer the midline; its wrists and shoulders where the model's are.
+    for side in ("left", "right"):
+        for joint in ("knee", "ankle", "heel"):
+            assert learned[f"{side}_{joint}"][2] - own[f"{side}_{joint}"][2] > 0.015
+        assert abs(own[f"{side}_ear"][0]) - abs(learned[f"{side}_ear"][0]) > 0.02
+        for joint in ("wrist", "shoulder"):
+            assert np.linalg.norm(learned[f"{side}_{joint}"] - own[f"{side}_{joint}"]) < 0.02
+    # Mirror images: the left points are the right ones with x negated (the rest body is symmetric).
+    for name in LEARNED_NAMES:
+        if name.startswith("left_"):
+            mirrored = learned[name.replace("left_", "right_")] * [-1, 1, 1]
+            assert np.linalg.norm(learned[name] - mirrored) < 0.02
+
+
+def test_a_landmarks_affine_weights_are_recovered_past_a_wrong_detection():
+    rng = np.random.default_rng(0)
+    candidates = rng.normal(size=(60, 6, 3))
+    truth = np.array([0.5, 0.4, 0.3, -0.1, -0.2, 0.1])  # sums to 1; negative weights carry an offset
+    targets = np.einsum("sci,c->si", candidates, truth) + rng.normal(0, 1e-3, (60, 3))
+    targets[7] += 5.0  # one body's detection far off
+    weights = fit_landmark(candidates, targets, np.ones(60), prior=np.full(6, 1 / 6), strength=1e-4)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights == pytest.approx(truth, abs=0.01)
+
+
+def test_landmark_targets_skip_unknown_points(anny):
+    points = np.zeros((len(NAMES), 3))
+    points[INDEX["left_wrist"]] = np.nan
+    confidence = np.full(len(NAMES), 0.5)
+    targets = landmark_targets(anny, points, confidence, vertex_count=1000)
+    wrist = LEARNED_NAMES.index("left_wrist")
+    assert targets.targets.shape == (1, len(LEARNED_NAMES), 3) and torch.isfinite(targets.targets).all()
+    assert targets.weights[0, wrist] == 0
+    assert (targets.weights[0, np.arange(len(LEARNED_NAMES)) != wrist] > 0).all()
+    assert targets.huber is not None
+
+
+def test_huber_landmarks_pull_a_misplaced_part_from_afar(tmp_path):
+    """A stand-in hand whose LVD targets put the index finger bent, with landmarks on the finger's parts where they
+    truly are: under the vertex rows' own loss (Geman-McClure at the end) the landmarks, far off, stop pulling;
+    under a Huber loss at the same weight they bring the finger back."""
+    body = load_body_model("mano", write_official_pickle(make_model_arrays("mano"), tmp_path / "MANO_RIGHT.pkl"))
+    params = body.zero_params(1)
+    with torch.no_grad():
+        truth = body(params).vertices
+        bent = params.with_(joint_pose=params.joint_pose.clone())
+        bent.joint_pose[0, 0] += torch.tensor([0.0, 0.0, 0.8])
+        misplaced = body(bent).vertices
+    owner = body.skinning_weights.argmax(1)
+    finger = torch.isin(owner, torch.tensor([1, 2, 3]))
+    regressor = torch.stack([(owner == j).to(truth.dtype) / (owner == j).sum() for j in (1, 2, 3)])
+    targets = torch.where(finger[None, :, None], misplaced, truth)
+    found = torch.einsum("lv,bvc->blc", regressor, truth)
+    weights = torch.full((1, 3), 30.0, dtype=truth.dtype)
+    error = {}
+    for huber in (None, 0.005):
+        fit = fit_to_vertices(body, targets, landmarks=LandmarkTargets(regressor, found, weights, huber))
+        error[huber] = (fit.vertices[0, finger] - truth[0, finger]).norm(dim=-1).mean().item()
+    assert error[None] > 0.01
+    assert error[0.005] < 0.1 * error[None]
+
+
+@pytest.mark.slow
+def test_landmarks_bring_arms_held_in_front_nearer_the_truth(anny):
+    coco, names = anny.landmark_regressor()
+    wrists = coco[[names.index("left_wrist"), names.index("right_wrist")]].double().numpy()
+    [scan] = list(held_out_set("anny", 1, realism=ScanRealism(), sampling=BodySampling(families=("arms_front",))))
+    truth = wrists @ (1000 * scan.vertices_gt.astype(np.float64))
+    error = {}
+    for landmarks in (False, True):
+        result = fit_scan(1000 * scan.points, None, landmarks=landmarks)
+        error[landmarks] = np.linalg.norm(wrists @ result.vertices_input - truth, axis=1).mean()
+    assert error[True] < 0.5 * error[False]
+    assert error[True] < 40

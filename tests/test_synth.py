@@ -13,6 +13,7 @@ from scipy.ndimage import binary_dilation
 from lvd_core.body import load_body_model
 from lvd_core.synth import (
     BODY_FAMILIES,
+    EXTRA_BODY_FAMILIES,
     HAND_FAMILIES,
     JOINT_LIMITS,
     BodySampling,
@@ -66,6 +67,31 @@ def test_body_poses_stay_within_joint_limits(anny, family):
     pose = sample_pose(anny, np.random.default_rng(0), 16, family)
     assert pose.shape == (16, anny.joint_count - 1, 3) and pose.dtype == np.float32
     _assert_within_limits(anny, pose)
+
+
+def test_extra_body_families_put_the_limbs_where_they_say(anny):
+    """Relative to the left hip joint (metres; Anny faces -Y, Z up, its left at +X)."""
+    names = {n: j for j, n in enumerate(anny.joint_names)}
+    where = {}
+    for family in EXTRA_BODY_FAMILIES:
+        pose = sample_pose(anny, np.random.default_rng(0), 8, family)
+        _assert_within_limits(anny, pose)
+        joints = _posed(anny, pose).joints.numpy()
+        where[family] = {n: joints[:, names[n]] - joints[:, names["upperleg01.L"]] for n in
+                         ("wrist.L", "wrist.R", "finger3-1.L", "lowerleg01.L", "lowerleg01.R")}  # fmt: skip
+    for wrist in ("wrist.L", "wrist.R"):
+        assert (where["arms_front"][wrist][:, 1] < -0.2).all()  # 20 cm or more ahead of the hips
+        assert (where["arms_front"][wrist][:, 2] > 0.05).all()  # above them
+        assert (np.abs(where["hands_on_hips"][wrist][:, 2] - 0.12) < 0.08).all()  # at the waist
+        assert (np.abs(where["hands_in_pockets"][wrist][:, 2]) < 0.08).all()  # at the hips
+    # In the pocket: the knuckles on the front of the thigh, not hanging beside it (x 0.19-0.21 standing).
+    assert (np.abs(where["hands_in_pockets"]["finger3-1.L"][:, 0]) < 0.16).all()
+    assert (where["hands_in_pockets"]["finger3-1.L"][:, 1] < -0.03).all()
+    # One knee raised ahead of the hips, the other under them.
+    knees_ahead = (np.stack([where["knee_raised"][k][:, 1] for k in ("lowerleg01.L", "lowerleg01.R")]) < -0.2).sum(0)
+    assert (knees_ahead == 1).all()
+    with pytest.raises(ValueError, match="unknown pose family"):
+        sample_pose(anny, np.random.default_rng(0), 1, "juggling")
 
 
 @pytest.mark.parametrize("name", ["anny-hand-right", "anny-hand-left"])

@@ -40,6 +40,9 @@ BODY_FAMILIES = (
     "standing", "a_pose", "t_pose", "walking", "running", "arms_raised", "arms_crossed", "sitting", "crouching",
     "leaning", "random",
 )  # fmt: skip
+# Poses users bring that random bodies rarely take: drawn only when asked for by name (BodySampling.families,
+# sample_pose), so the default mix (and the held-out sets drawn from it) stays as it was.
+EXTRA_BODY_FAMILIES = ("arms_front", "hands_on_hips", "hands_in_pockets", "knee_raised")
 HAND_FAMILIES = ("open", "relaxed", "pointing", "fist", "grasp_cylinder", "grasp_sphere", "random")
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,7 +190,18 @@ _BODY_FAMILY_CHANGES = {
                   "ankle": ((15, 30), (-5, 5), (-5, 5)), "spine": ((20, 45), (-5, 5), (-10, 10)),
                   "shoulder": ((30, 70), (5, 20), (-20, 20)), "elbow": ((20, 70), (0, 0), (0, 60))},
     "leaning": {"spine": ((-10, 30), (-25, 25), (-25, 25)), "hip": ((-5, 15), (0, 10), (-10, 10))},
+    # Forearms forward at waist to chest height, hands a shoulder-width apart (holding a box or a phone).
+    "arms_front": {"shoulder": ((25, 60), (0, 12), (-20, 0)), "elbow": ((50, 95), (0, 0), (0, 30)),
+                   "wrist": ((-10, 10), (0, 0), (0, 0))},
+    # Elbows out and back, the forearm turned in so the hand rests on the hip.
+    "hands_on_hips": {"shoulder": ((-20, -5), (30, 45), (60, 85)), "elbow": ((85, 110), (0, 0), (0, 20))},
+    "hands_in_pockets": {"shoulder": ((0, 10), (5, 12), (30, 50)), "elbow": ((25, 45), (0, 0), (0, 30)),
+                         "wrist": ((-20, 0), (0, 10), (0, 0))},
+    "knee_raised": {},  # one leg: _ONE_SIDED
 }  # fmt: skip
+# Families that bend one side only (drawn at random per body): the other side keeps the family's ranges.
+_ONE_SIDED = {"knee_raised": {"hip": ((60, 100), (0, 15), (-10, 10)), "knee": ((70, 110), (0, 0), (0, 0)),
+                              "ankle": ((-10, 20), (-5, 5), (-5, 5))}}  # fmt: skip
 # Walking and running couple the sides: the legs swing in opposition and each arm against its leg.
 _GAIT_SWING = {"walking": (10, 30), "running": (25, 55)}
 _HAND_FAMILIES = {
@@ -227,6 +241,13 @@ def family_angles(family: str, abstracts: set[str], rng: np.random.Generator, n:
             else:
                 ranges = _BODY_FAMILY_CHANGES[family].get(abstract, _BODY_BASE[abstract])
                 angles[(abstract, side)] = _uniform(rng, ranges, n)
+    if family in _ONE_SIDED:
+        raised = rng.choice(sides, size=n)
+        for abstract, ranges in _ONE_SIDED[family].items():
+            for side in sides:
+                if (abstract, side) in angles:
+                    chosen = raised == side
+                    angles[(abstract, side)][chosen] = _uniform(rng, ranges, int(chosen.sum()))
     if family in _GAIT_SWING and "hip" in abstracts:
         swing = rng.uniform(*_GAIT_SWING[family], size=n) * rng.choice([-1.0, 1.0], size=n)
         for side, phase in (("L", 1.0), ("R", -1.0)):
@@ -303,8 +324,13 @@ def joint_pose_to_angles(body, joint_pose: np.ndarray) -> dict[tuple[str, str], 
 
 
 def pose_families(body) -> tuple[str, ...]:
-    """The pose families of the model's kind: HAND_FAMILIES for hands, BODY_FAMILIES otherwise."""
+    """The pose families drawn by default for the model's kind: HAND_FAMILIES for hands, BODY_FAMILIES otherwise."""
     return HAND_FAMILIES if is_hand(body) else BODY_FAMILIES
+
+
+def known_families(body) -> tuple[str, ...]:
+    """Every pose family the model's kind can take by name: its default ones and, for bodies, EXTRA_BODY_FAMILIES."""
+    return HAND_FAMILIES if is_hand(body) else BODY_FAMILIES + EXTRA_BODY_FAMILIES
 
 
 def sample_pose(body, rng: np.random.Generator, n: int, family: str | None = None) -> np.ndarray:
@@ -312,8 +338,8 @@ def sample_pose(body, rng: np.random.Generator, n: int, family: str | None = Non
     joint_pose (n, J-1, 3) float32, SMPL-style axis-angles in the model's rest axes."""
     families = pose_families(body)
     family = family or families[rng.integers(len(families))]
-    if family not in families:
-        raise ValueError(f"unknown pose family {family!r} for {body.name}; expected one of {families}")
+    if family not in known_families(body):
+        raise ValueError(f"unknown pose family {family!r} for {body.name}; expected one of {known_families(body)}")
     abstracts = {joint.abstract for joint in body_rig(body)}
     return angles_to_joint_pose(body, family_angles(family, abstracts, rng, n), n)
 
