@@ -41,6 +41,9 @@ SIDE_BY_SIDE_OVERLAP = 0.5
 FAR_SHARE = 0.08
 # ... and a scan with more than this share of its points far is not one person (benchmarks/results_scan_checks.md).
 MAX_FAR_POINTS = 0.2
+# ... while the fitted body lies on the scan: its vertices within this share of the scan's height of it (median).
+# A body off the scan is a fit the network could not read (see pipeline.DOUBT_SHARE), not a second person.
+ON_SCAN_SHARE = 0.03
 
 
 def find_person(scan: Scan) -> Landmarks:
@@ -121,10 +124,11 @@ def far_share(points: np.ndarray, vertices: np.ndarray, height: float) -> float:
 
 def check_explained(scan: Scan, result) -> None:
     """ScanError when the fitted body (a FitResult (lvd_core.results), input frame) leaves more than MAX_FAR_POINTS of the
-    scan far from it: the scan holds more than one person (one carrying another), or one the fit could not read
-    (not found by the person detector: lying in a way no turn stood up)."""
-    share = far_share(scan.points.astype(np.float64), result.vertices_input, scan.height)
-    if share <= MAX_FAR_POINTS:
+    scan far from it while the body itself lies on the scan: the scan holds more than one person (one carrying
+    another), or one the fit could not read (not found by the person detector: lying in a way no turn stood up)."""
+    points = scan.points.astype(np.float64)
+    share = far_share(points, result.vertices_input, scan.height)
+    if share <= MAX_FAR_POINTS or np.median(cKDTree(points).query(result.vertices_input, k=1)[0]) > ON_SCAN_SHARE * scan.height:
         return
     unread = "" if result.person_found is not False else " (or a person the detector did not find: lying down? turn the scan upright)"
     raise ScanError(f"{scan.source} looks like two people{unread}: {share:.0%} of the scan lies far from the one body "
