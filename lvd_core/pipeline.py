@@ -47,8 +47,11 @@ LANDMARK_DOUBT_SHARE = 0.05
 SHORTLIST = 2
 # Yaws (degrees, about the network's up axis) at which LVD also reads each shortlisted facing of a scan, its
 # vertices the mean of the descents: it helps hands (no usual orientation), not bodies (benchmarks/README.md).
-# Every facing is read at yaw 0 first; only the SHORTLIST facings are read again at the others.
+# Every facing is read at yaw 0 first; only the READ_AGAIN likeliest are read again at the others.
 YAW_JITTER_DEG = {"hand": (-10.0, 0.0, 10.0)}
+# Facings (of several) per scan read again at those other yaws: the best by a quick fit of their yaw-0 readings; a
+# quick fit of their mean readings then shortlists SHORTLIST of them (2 here changed some held-out hands' choice).
+READ_AGAIN = 3
 # Symmetric bodies (BodyModel.mirror_twins) are also read mirrored left-right: on the mirrored scan the network's
 # vertex i lands where vertex i's twin lies on the scan, so the fit gets twice the targets for 2x the LVD time.
 MIRROR = np.diag([-1.0, 1.0, 1.0])
@@ -203,7 +206,8 @@ def fit_scans(
     default); where it finds no person, or not surely (Landmarks.sure), FALLBACK_FACINGS by default, starting
     from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
     Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
-    default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down.
+    default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down; every
+    facing is read once, the READ_AGAIN likeliest (by a quick fit) also at YAW_JITTER_DEG's other yaws.
     Body scans whose person lies or stands on their head in the file are stood up first (with `landmarks`; their
     result is turned back, FitResult.upright_turn says how); scans of two people are refused (lvd_core.scan_checks).
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
@@ -284,16 +288,21 @@ def fit_scans(
     # The fit's options hold fit_scale, and a batch's scans share their number of facings: one batch for each.
     groups = [[i for i in order if (placed[i].fit_scale, len(placed[i].targets)) == key]
               for key in dict.fromkeys((placed[i].fit_scale, len(placed[i].targets)) for i in order)]  # fmt: skip
-    for group in groups:
-        _shortlist(model, [placed[i] for i in group], ids)
-    lap("fit")
     extra_yaws = [yaw for yaw in YAW_JITTER_DEG.get(kind, ()) if yaw != 0.0]
-    if extra_yaws and isinstance(network, CompactScanLVD):  # the shortlisted facings read again at the other yaws
+    if not isinstance(network, CompactScanLVD):
+        extra_yaws = []
+    for group in groups:
+        _shortlist(model, [placed[i] for i in group], ids, READ_AGAIN if extra_yaws else SHORTLIST)
+    lap("fit")
+    if extra_yaws:  # the shortlisted facings read again at the other yaws
         for group in groups:
             again, _ = read(group, plan[group[0]][1], yaws_deg=extra_yaws, only=[placed[i].shortlist for i in group])
             for i, prediction in zip(group, again):  # the mean of all yaws' readings, yaw 0's among them
                 placed[i].average_in(placed[i].shortlist, prediction.predicted, len(extra_yaws) / (len(extra_yaws) + 1))
         lap("lvd")
+        for group in groups:
+            _shortlist(model, [placed[i] for i in group], ids, SHORTLIST)
+        lap("fit")
     candidates = {}
     for group in groups:
         candidates.update(zip(group, _full_fit(model, [placed[i] for i in group], ids)))
@@ -351,7 +360,7 @@ class _ScanInModel:
         self.points = apply_transform(self.to_model, scan.points.astype(np.float64))
         self.sample = np.random.default_rng(0).choice(len(self.points), min(SURFACE_POINTS, len(self.points)), replace=False)
         self.options = scan_fit_options(model, self.fit_scale)
-        self.shortlist = [0]  # the facings that go through the full fit (and the refinement)
+        self.shortlist = list(range(len(self.targets)))  # the facings that go through the full fit (and the refinement)
         self.best = 0
         self.residual = float("nan")  # metres: median scan-to-body distance of the chosen fit (set by choose)
 
@@ -427,19 +436,19 @@ class _ScanInModel:
         )
 
 
-def _shortlist(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -> None:
-    """Sets each scan's `shortlist` (scans that share fit_scale and their number of facings, batched): with several
-    facings, a quick fit of every facing of every scan keeps each scan's SHORTLIST facings whose quick bodies stay
-    closest to their LVD vertices."""
-    facings = len(group[0].targets)
-    if facings == 1:
+def _shortlist(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor, keep: int) -> None:
+    """Narrows each scan's `shortlist` to the `keep` facings whose quick bodies stay closest to their LVD vertices
+    (a quick fit of every shortlisted facing of every scan, batched; the scans share fit_scale and their number of
+    facings)."""
+    count = len(group[0].shortlist)
+    if count <= keep:
         return
     quick = FitOptions(fit_scale=group[0].fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
                        robust_iterations=0, shape_restarts=False)  # fmt: skip
-    every = torch.as_tensor(np.concatenate([p.targets for p in group]), dtype=model.dtype, device=model.device)
+    every = torch.as_tensor(np.concatenate([p.targets[p.shortlist] for p in group]), dtype=model.dtype, device=model.device)
     residuals = fit_to_vertices(model, every, ids, options=quick).residuals.mean(1).cpu().numpy()
     for k, placed in enumerate(group):
-        placed.shortlist = [int(f) for f in np.argsort(residuals[k * facings : (k + 1) * facings])[:SHORTLIST]]
+        placed.shortlist = [placed.shortlist[f] for f in np.argsort(residuals[k * count : (k + 1) * count])[:keep]]
 
 
 def _full_fit(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -> list[list]:

@@ -47,7 +47,7 @@ def test_reading_only_some_facings_reads_them_as_reading_all():
 
 @pytest.mark.slow
 def test_only_the_shortlisted_facings_are_read_at_the_other_yaws(monkeypatch):
-    """A hand's every facing is read at yaw 0; the SHORTLIST facings are then read at YAW_JITTER_DEG's other
+    """A hand's every facing is read at yaw 0; the READ_AGAIN likeliest are then read at YAW_JITTER_DEG's other
     yaws and their vertices become the mean of all yaws' readings (here: the truth at yaw 0, the truth moved
     3 mm at the others, so the kept facing's LVD vertices lie 2 mm from the truth)."""
     scan = _hand_scan(5)
@@ -69,6 +69,6 @@ def test_only_the_shortlisted_facings_are_read_at_the_other_yaws(monkeypatch):
     result = pipeline.fit_scan(scan.points, None, body="anny-hand-right", units="m", refine=False)
     extra = tuple(y for y in pipeline.YAW_JITTER_DEG["hand"] if y != 0.0)
     assert calls[0] == ((0.0,), None) and calls[1][0] == extra
-    assert len(calls) == 2 and len(calls[1][1][0]) == pipeline.SHORTLIST and 0 in calls[1][1][0]
+    assert len(calls) == 2 and len(calls[1][1][0]) == pipeline.READ_AGAIN and 0 in calls[1][1][0]
     expected = truth + shift * len(extra) / (len(extra) + 1)
     np.testing.assert_allclose(result.lvd_vertices_input, expected, atol=1e-9)
