@@ -45,12 +45,12 @@ LANDMARK_DOUBT_SHARE = 0.05
 # takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan (2 beat 1 and 3
 # on held-out hands: benchmarks/README.md).
 SHORTLIST = 2
-# Yaws (degrees, about the network's up axis) at which LVD also reads each shortlisted facing of a scan, its
+# Yaws (degrees, about the network's up axis) at which LVD also reads the likeliest facings of a scan, their
 # vertices the mean of the descents: it helps hands (no usual orientation), not bodies (benchmarks/README.md).
 # Every facing is read at yaw 0 first; only the READ_AGAIN likeliest are read again at the others.
 YAW_JITTER_DEG = {"hand": (-10.0, 0.0, 10.0)}
 # Facings (of several) per scan read again at those other yaws: the best by a quick fit of their yaw-0 readings; a
-# quick fit of their mean readings then shortlists SHORTLIST of them (2 here changed some held-out hands' choice).
+# quick fit of their mean readings then shortlists SHORTLIST of them (2 here changed the choice on held-out hands).
 READ_AGAIN = 3
 # Symmetric bodies (BodyModel.mirror_twins) are also read mirrored left-right: on the mirrored scan the network's
 # vertex i lands where vertex i's twin lies on the scan, so the fit gets twice the targets for 2x the LVD time.
@@ -288,9 +288,7 @@ def fit_scans(
     # The fit's options hold fit_scale, and a batch's scans share their number of facings: one batch for each.
     groups = [[i for i in order if (placed[i].fit_scale, len(placed[i].targets)) == key]
               for key in dict.fromkeys((placed[i].fit_scale, len(placed[i].targets)) for i in order)]  # fmt: skip
-    extra_yaws = [yaw for yaw in YAW_JITTER_DEG.get(kind, ()) if yaw != 0.0]
-    if not isinstance(network, CompactScanLVD):
-        extra_yaws = []
+    extra_yaws = [yaw for yaw in YAW_JITTER_DEG.get(kind, ()) if yaw != 0.0] if isinstance(network, CompactScanLVD) else []
     for group in groups:
         _shortlist(model, [placed[i] for i in group], ids, READ_AGAIN if extra_yaws else SHORTLIST)
     lap("fit")
@@ -448,7 +446,7 @@ def _shortlist(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor, k
     every = torch.as_tensor(np.concatenate([p.targets[p.shortlist] for p in group]), dtype=model.dtype, device=model.device)
     residuals = fit_to_vertices(model, every, ids, options=quick).residuals.mean(1).cpu().numpy()
     for k, placed in enumerate(group):
-        placed.shortlist = [placed.shortlist[f] for f in np.argsort(residuals[k * count : (k + 1) * count])[:keep]]
+        placed.shortlist = [placed.shortlist[int(f)] for f in np.argsort(residuals[k * count : (k + 1) * count])[:keep]]
 
 
 def _full_fit(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -> list[list]:
