@@ -45,9 +45,13 @@ LANDMARK_DOUBT_SHARE = 0.05
 # takes their LVD vertices; `_ScanInModel.choose` keeps the refined one lying closest to the scan (2 beat 1 and 3
 # on held-out hands: benchmarks/README.md).
 SHORTLIST = 2
-# Yaws (degrees, about the network's up axis) at which LVD also reads each facing of a scan, its vertices the mean
-# of the descents: it helps hands (no usual orientation), not bodies (benchmarks/README.md).
+# Yaws (degrees, about the network's up axis) at which LVD also reads the likeliest facings of a scan, their
+# vertices the mean of the descents: it helps hands (no usual orientation), not bodies (benchmarks/README.md).
+# Every facing is read at yaw 0 first; only the READ_AGAIN likeliest are read again at the others.
 YAW_JITTER_DEG = {"hand": (-10.0, 0.0, 10.0)}
+# Facings (of several) per scan read again at those other yaws: the best by a quick fit of their yaw-0 readings; a
+# quick fit of their mean readings then shortlists SHORTLIST of them (2 here changed the choice on held-out hands).
+READ_AGAIN = 3
 # Symmetric bodies (BodyModel.mirror_twins) are also read mirrored left-right: on the mirrored scan the network's
 # vertex i lands where vertex i's twin lies on the scan, so the fit gets twice the targets for 2x the LVD time.
 MIRROR = np.diag([-1.0, 1.0, 1.0])
@@ -111,22 +115,27 @@ class ScanPrediction:
 
 
 def predict_vertices(
-    network, scans: list[Scan], device, iterations: int, facings: int, twins: np.ndarray | None = None
+    network, scans: list[Scan], device, iterations: int, facings: int, twins: np.ndarray | None = None,
+    yaws_deg=(0.0,), only: list[list[int]] | None = None,
 ) -> tuple[list[ScanPrediction], np.ndarray]:
     """LVD on scans, every scan and facing in one batch: a ScanPrediction per scan and the vertex ids (N,).
-    Each facing's vertices are the mean of the descents at its YAW_JITTER_DEG turns (hands). With the body's
-    mirror twins (V,), each scan is also read mirrored (see MIRROR): N is then twice the network's vertices, the
-    second half standing for their twins."""
+    Each facing's vertices are the mean of the descents at its `yaws_deg` turns. only: per scan, the facings
+    (indices into the `facings` hypotheses, the same count for every scan) read; None: all of them. With the
+    body's mirror twins (V,), each scan is also read mirrored (see MIRROR): N is then twice the network's
+    vertices, the second half standing for their twins."""
     if isinstance(network, CompactScanLVD):
-        angles, rotations = orientation_hypotheses(scans[0].kind, facings)
-        jitters = [yaw_rotation(np.radians(d)) for d in YAW_JITTER_DEG.get(scans[0].kind, (0.0,))]
+        every_angle, every_rotation = orientation_hypotheses(scans[0].kind, facings)
+        chosen = [list(range(len(every_rotation)))] * len(scans) if only is None else only
+        angles = [every_angle[c] for c in chosen]
+        rotations = [[every_rotation[f] for f in c] for c in chosen]
+        jitters = [yaw_rotation(np.radians(d)) for d in yaws_deg]
         readings = [np.eye(3)] if twins is None else [np.eye(3), MIRROR]
         frames = [scan_frame(scan) for scan in scans]
         canonicals = [frame.to_canonical(scan.points.astype(np.float64)) for frame, scan in zip(frames, scans)]
         # Mirrored last, in the network's frame, where x is left-right whatever the facing hypothesis.
-        turns = [r @ j @ m for m in readings for r in rotations for j in jitters]
+        turns = [[r @ j @ m for m in readings for r in per_scan for j in jitters] for per_scan in rotations]
         preset = compact_grid(network.resolution, network.box_half_size)
-        grids = np.stack([preset.grid(c @ t) for c in canonicals for t in turns])  # the scan turned by t^-1
+        grids = np.stack([preset.grid(c @ t) for c, per_scan in zip(canonicals, turns) for t in per_scan])  # the scan turned by t^-1
         network_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
         vertex_ids = network_ids if twins is None else np.concatenate([network_ids, twins[network_ids]])
         start = network.template[None].expand(len(grids), -1, -1)
@@ -134,19 +143,20 @@ def predict_vertices(
         frames = [normalize(scan, up_out="y", height=1.5) for scan in scans]
         preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
         grids = np.stack([preset.grid(f.to_canonical(s.points.astype(np.float64)), workers=-1) for f, s in zip(frames, scans)])
-        angles, rotations, jitters, readings, turns = np.zeros(1), [np.eye(3)], [np.eye(3)], [np.eye(3)], [np.eye(3)]
+        angles, jitters, readings = [np.zeros(1)] * len(scans), [np.eye(3)], [np.eye(3)]
+        rotations, turns = [[np.eye(3)]] * len(scans), [[np.eye(3)]] * len(scans)
         vertex_ids = np.arange(network.vertex_count)
         start = torch.zeros(len(grids), 1, 3)
     with torch.no_grad():
         features = network.encode(torch.from_numpy(grids).float().to(device))
         result = descend(network, features, start.to(device), iterations=iterations)
-    predicted = result.vertices.double().cpu().numpy().reshape(len(scans), len(turns), -1, 3)
+    predicted = result.vertices.double().cpu().numpy().reshape(len(scans), len(turns[0]), -1, 3)
     predictions = []
-    for frame, per_turn in zip(frames, predicted):
-        unrotated = np.stack([p @ t.T for p, t in zip(per_turn, turns)])  # (readings * facings * jitters, n, 3)
-        per_facing = unrotated.reshape(len(readings), len(rotations), len(jitters), -1, 3).mean(2)
+    for frame, per_turn, scan_turns, scan_angles in zip(frames, predicted, turns, angles):
+        unrotated = np.stack([p @ t.T for p, t in zip(per_turn, scan_turns)])  # (readings * facings * jitters, n, 3)
+        per_facing = unrotated.reshape(len(readings), len(scan_angles), len(jitters), -1, 3).mean(2)
         per_facing = np.concatenate(list(per_facing), axis=1)  # (facings, readings * n, 3)
-        predictions.append(ScanPrediction(frame.to_input(per_facing), frame, np.degrees(angles)))
+        predictions.append(ScanPrediction(frame.to_input(per_facing), frame, np.degrees(scan_angles)))
     return predictions, vertex_ids
 
 
@@ -196,7 +206,8 @@ def fit_scans(
     default); where it finds no person, or not surely (Landmarks.sure), FALLBACK_FACINGS by default, starting
     from the found facing or else the usual convention (the person faces -Y once the scan is Z up, i.e. +Z in a
     Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
-    default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down.
+    default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down; every
+    facing is read once, the READ_AGAIN likeliest (by a quick fit) also at YAW_JITTER_DEG's other yaws.
     Body scans whose person lies or stands on their head in the file are stood up first (with `landmarks`; their
     result is turned back, FitResult.upright_turn says how); scans of two people are refused (lvd_core.scan_checks).
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
@@ -252,27 +263,47 @@ def fit_scans(
     mirrored = meta.get("body") == MIRRORED_BODIES.get(body)
     twins = model.mirror_twins() if isinstance(network, CompactScanLVD) else None
     plan = {i: facing_plan(kind, facings, people.get(i)) for i in order}
-    predictions = {}
-    for count in sorted({c for _, c in plan.values()}):  # one batch per number of facings
-        group = [i for i in order if plan[i][1] == count]
-        # Each scan turned about its up axis so its person faces the trained way (and mirrored for a mirror twin's network).
-        turns = {i: (MIRROR if mirrored else np.eye(3)) @ up_axis_turn(scans[i].up, -plan[i][0]) for i in group}
-        seen = [turned(scans[i], turns[i]) for i in group]
-        found, vertex_ids = predict_vertices(network, seen, torch_device, iterations or 10, count, twins)
-        for i, prediction in zip(group, found):  # back to the scan's own frame, its canonical frame the fit's
+    # Each scan turned about its up axis so its person faces the trained way (and mirrored for a mirror twin's network).
+    turns = {i: (MIRROR if mirrored else np.eye(3)) @ up_axis_turn(scans[i].up, -plan[i][0]) for i in order}
+
+    def read(group: list[int], count: int, **which) -> tuple[list[ScanPrediction], np.ndarray]:
+        """predict_vertices of the group's scans, back in each scan's own frame (its canonical frame the fit's)."""
+        found, vertex_ids = predict_vertices(network, [turned(scans[i], turns[i]) for i in group], torch_device,
+                                             iterations or 10, count, twins, **which)  # fmt: skip
+        for i, prediction in zip(group, found):
             prediction.predicted = prediction.predicted @ turns[i]
             prediction.canonical = scan_frame(scans[i])
             prediction.angles_deg = prediction.angles_deg + np.degrees(plan[i][0])
+        return found, vertex_ids
+
+    predictions = {}
+    for count in sorted({c for _, c in plan.values()}):  # one batch per number of facings
+        group = [i for i in order if plan[i][1] == count]
+        found, vertex_ids = read(group, count)
         predictions.update(zip(group, found))
     lap("lvd")
     report_progress(progress, 0.45, "fitting the body", cancel)
     ids = torch.as_tensor(vertex_ids, device=torch_device)
     placed = {i: _ScanInModel(model, scans[i], predictions[i], vertex_ids, people.get(i)) for i in order}
-    candidates = {}
     # The fit's options hold fit_scale, and a batch's scans share their number of facings: one batch for each.
-    for key in dict.fromkeys((placed[i].fit_scale, len(placed[i].targets)) for i in order):
-        group = [i for i in order if (placed[i].fit_scale, len(placed[i].targets)) == key]
-        candidates.update(zip(group, _fit_group(model, [placed[i] for i in group], ids)))
+    groups = [[i for i in order if (placed[i].fit_scale, len(placed[i].targets)) == key]
+              for key in dict.fromkeys((placed[i].fit_scale, len(placed[i].targets)) for i in order)]  # fmt: skip
+    extra_yaws = [yaw for yaw in YAW_JITTER_DEG.get(kind, ()) if yaw != 0.0] if isinstance(network, CompactScanLVD) else []
+    for group in groups:
+        _shortlist(model, [placed[i] for i in group], ids, READ_AGAIN if extra_yaws else SHORTLIST)
+    lap("fit")
+    if extra_yaws:  # the shortlisted facings read again at the other yaws
+        for group in groups:
+            again, _ = read(group, plan[group[0]][1], yaws_deg=extra_yaws, only=[placed[i].shortlist for i in group])
+            for i, prediction in zip(group, again):  # the mean of all yaws' readings, yaw 0's among them
+                placed[i].average_in(placed[i].shortlist, prediction.predicted, len(extra_yaws) / (len(extra_yaws) + 1))
+        lap("lvd")
+        for group in groups:
+            _shortlist(model, [placed[i] for i in group], ids, SHORTLIST)
+        lap("fit")
+    candidates = {}
+    for group in groups:
+        candidates.update(zip(group, _full_fit(model, [placed[i] for i in group], ids)))
     lap("fit")
     if refine:
         report_progress(progress, 0.75, "refining against the scan surface", cancel)
@@ -327,7 +358,7 @@ class _ScanInModel:
         self.points = apply_transform(self.to_model, scan.points.astype(np.float64))
         self.sample = np.random.default_rng(0).choice(len(self.points), min(SURFACE_POINTS, len(self.points)), replace=False)
         self.options = scan_fit_options(model, self.fit_scale)
-        self.shortlist = [0]  # the facings that go through the full fit (and the refinement)
+        self.shortlist = list(range(len(self.targets)))  # the facings that go through the full fit (and the refinement)
         self.best = 0
         self.residual = float("nan")  # metres: median scan-to-body distance of the chosen fit (set by choose)
 
@@ -353,6 +384,12 @@ class _ScanInModel:
         fitted = self.landmarks.regressor @ fit.vertices[0].to(self.landmarks.regressor.dtype)
         distance = (fitted - self.landmarks.targets[0]).norm(dim=-1)[self.landmarks.weights[0] > 0]
         return float(distance.median())
+
+    def average_in(self, facings: list[int], predicted: np.ndarray, weight: float) -> None:
+        """Blends other LVD vertices (F, N, 3) (input frame) of `facings` into theirs: weight is the new ones' share."""
+        blended = (1 - weight) * self.prediction.predicted[facings] + weight * predicted
+        self.prediction.predicted[facings] = blended
+        self.targets[facings] = np.stack([apply_transform(self.to_model, p) for p in blended])
 
     def targets_of(self, facing: int) -> torch.Tensor:
         """(1, N, 3) the LVD vertices of one facing, model frame."""
@@ -397,19 +434,24 @@ class _ScanInModel:
         )
 
 
-def _fit_group(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -> list[list]:
-    """The body fit of scans that share fit_scale, batched. With several facings, a quick fit of every facing
-    of every scan first shortlists each scan's SHORTLIST facings whose quick bodies stay closest to their LVD
-    vertices. Then the full fit of every shortlisted facing. Returns, per scan, the (batch-1)
-    lvd_core.fit.BodyFit of each facing in its `shortlist`."""
-    facings = len(group[0].targets)
-    if facings > 1:
-        quick = FitOptions(fit_scale=group[0].fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
-                           robust_iterations=0, shape_restarts=False)  # fmt: skip
-        every = torch.as_tensor(np.concatenate([p.targets for p in group]), dtype=model.dtype, device=model.device)
-        residuals = fit_to_vertices(model, every, ids, options=quick).residuals.mean(1).cpu().numpy()
-        for k, placed in enumerate(group):
-            placed.shortlist = [int(f) for f in np.argsort(residuals[k * facings : (k + 1) * facings])[:SHORTLIST]]
+def _shortlist(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor, keep: int) -> None:
+    """Narrows each scan's `shortlist` to the `keep` facings whose quick bodies stay closest to their LVD vertices
+    (a quick fit of every shortlisted facing of every scan, batched; the scans share fit_scale and their number of
+    facings)."""
+    count = len(group[0].shortlist)
+    if count <= keep:
+        return
+    quick = FitOptions(fit_scale=group[0].fit_scale, pose_iterations=2, alternations=0, full_iterations=2,
+                       robust_iterations=0, shape_restarts=False)  # fmt: skip
+    every = torch.as_tensor(np.concatenate([p.targets[p.shortlist] for p in group]), dtype=model.dtype, device=model.device)
+    residuals = fit_to_vertices(model, every, ids, options=quick).residuals.mean(1).cpu().numpy()
+    for k, placed in enumerate(group):
+        placed.shortlist = [placed.shortlist[int(f)] for f in np.argsort(residuals[k * count : (k + 1) * count])[:keep]]
+
+
+def _full_fit(model: BodyModel, group: list[_ScanInModel], ids: torch.Tensor) -> list[list]:
+    """The full body fit of every shortlisted facing of scans that share fit_scale, batched. Returns, per scan,
+    the (batch-1) lvd_core.fit.BodyFit of each facing in its `shortlist`."""
     targets = torch.cat([placed.targets_of(facing) for placed in group for facing in placed.shortlist])
     landmarks = [placed.landmark_targets(len(placed.shortlist)) for placed in group]
     fit = fit_to_vertices(model, targets, ids, options=group[0].options, landmarks=_joined(landmarks, group, model))

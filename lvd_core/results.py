@@ -82,7 +82,8 @@ class FitResult:
 
 
 class StageTimer:
-    """Call with a stage's name when it ends: `timings` holds each stage's seconds since the previous call."""
+    """Call with a stage's name when it ends: `timings` holds each stage's seconds since the previous call,
+    summed over the calls of a stage that comes back."""
 
     def __init__(self):
         self.timings: dict[str, float] = {}
@@ -90,7 +91,7 @@ class StageTimer:
 
     def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        self.timings[name] = round(now - self._clock, 3)
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - self._clock, 3)
         self._clock = now
 
 
