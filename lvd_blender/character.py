@@ -1,6 +1,6 @@
 """Build a rigged, posed, shaped character from lvd_core's character description (numpy only, no torch).
 
-The description (lvd_core.export.character_description) holds every number; this module only turns it into
+The description (lvd_core.character.character_description) holds every number; this module only turns it into
 Blender data: an armature (bones at the fitted rest joints, posed through pose-bone quaternions so it can be
 re-posed and animated) and a mesh skinned to it by vertex groups and an Armature modifier (linear blend
 skinning), in one collection per character.

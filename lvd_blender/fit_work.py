@@ -35,7 +35,7 @@ class FitSettings:
 
 @dataclass
 class FitOutcome:
-    description: dict  # lvd_core.export.character_description
+    description: dict  # lvd_core.character.character_description
     frame_matrix: np.ndarray  # (4, 4) the model's fitted frame -> Blender world
     residual_mm: float
     quality: str  # the short quality label ("12.3 mm" for scans, "IoU 0.852" for photos) and the body in words
@@ -127,7 +127,7 @@ def given_mask(photo_path: str | None) -> str | None:
 
 def _description(result, settings: FitSettings) -> dict:
     from lvd_core.body import load_body_model
-    from lvd_core.export import character_description
+    from lvd_core.character import character_description
 
     return character_description(load_body_model(result.body_name, settings.model_path), result.params)
 

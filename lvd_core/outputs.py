@@ -114,9 +114,9 @@ def partial_path(path: Path) -> Path:
 
 
 def rigged_character(result: FitResult, body: BodyModel) -> dict:
-    """What a rigged writer needs (plain numbers, no torch): lvd_core.export's character description, the map
+    """What a rigged writer needs (plain numbers, no torch): lvd_core.character's character description, the map
     from the model's fitted frame to the input frame seen Z-up in metres, and the fit's quality."""
-    from .export import character_description
+    from .character import character_description
 
     return {
         "description": character_description(body, result.params),

@@ -8,7 +8,7 @@ import torch
 
 from lvd_blender.character import build_character
 from lvd_core.body import load_body_model
-from lvd_core.export import character_description
+from lvd_core.character import character_description
 from synthetic_models import make_model_arrays, write_official_pickle
 
 

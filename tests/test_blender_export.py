@@ -9,7 +9,7 @@ import pytest
 from lvd_blender.character import build_character
 from lvd_blender.export import ExportError, export_characters
 from lvd_core.body import load_body_model
-from lvd_core.export import character_description
+from lvd_core.character import character_description
 from test_blender_character import placement, random_params
 
 

@@ -27,7 +27,7 @@ INSTALLED = "bl_ext.user_default.lvd_fit"
 def test_zip_installs_and_builds_a_character(tmp_path):
     [zip_path] = build.build(tmp_path, platforms=())
     names = set(zipfile.ZipFile(zip_path).namelist())
-    assert {"blender_manifest.toml", "__init__.py", "vendor/lvd_core/export.py", "vendor/weights/anny/anny.safetensors"} <= names
+    assert {"blender_manifest.toml", "__init__.py", "vendor/lvd_core/character.py", "vendor/weights/anny/anny.safetensors"} <= names
     assert not any("__pycache__" in name for name in names)
 
     blender_support.reset_scene()

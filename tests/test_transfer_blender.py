@@ -10,7 +10,7 @@ import pytest
 from lvd_blender.character import build_character
 from lvd_blender.export import export_characters
 from lvd_core.body import load_body_model
-from lvd_core.export import character_description
+from lvd_core.character import character_description
 from lvd_core.synth.standins import FILE_NAMES, standin_arrays
 from test_blender_character import placement, random_params
 
