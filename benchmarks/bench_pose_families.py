@@ -1,12 +1,13 @@
 """Pose families users bring: the body fit per family, with and without the person detector's landmarks.
 
-Run: .venv/bin/python benchmarks/bench_pose_families.py [--n 4]  -> benchmarks/results_pose_families.md
+Run: .venv/bin/python benchmarks/bench_pose_families.py [--n 4] [--families ...]  -> benchmarks/results_pose_families.md
 
 Held-out synthetic clothed bodies (the fixed validation seed, default realism, one family at a time; arms in
 front also hold a box between the hands), given Z-up in millimetres. Per family, mean and 90th-percentile vertex
 error after the fit (all vertices) and the wrists' error (the model's wrist keypoints), for: no landmarks
 (`landmarks=False`: no detector, the usual facing), the model's own keypoint regressor at its light weight (as
-before the learned regressor), and the learned detector regressor (weights/anny/anny-landmarks.npz, the default).
+before the learned regressor), the learned detector regressor (weights/anny/anny-landmarks.npz) counting confident
+landmarks only, and the default: the learned one also counting elbows and wrists that enough views agree on.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ sys.path.insert(0, str(ROOT))
 
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
+from lvd_core.inputs.scan import ScanError  # noqa: E402
 from lvd_core.landmarks import regressor  # noqa: E402
-from lvd_core.landmarks.detect import find_landmarks  # noqa: E402
+from lvd_core.landmarks.detect import VIEWS, find_landmarks  # noqa: E402
 from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 FAMILIES = ("arms_front", "arms_crossed", "hands_on_hips", "hands_in_pockets", "knee_raised", "sitting", "standing")
 BOX = np.array([0.26, 0.16, 0.20])  # metres: the box held in front (across, deep, high)
-VARIANTS = ("no landmarks", "model's regressor", "learned regressor")
+VARIANTS = ("no landmarks", "model's regressor", "confidence only", "learned regressor")
 
 
 def held_box(wrists: np.ndarray, rng: np.random.Generator, count: int = 1500) -> np.ndarray:
@@ -45,22 +47,28 @@ def held_box(wrists: np.ndarray, rng: np.random.Generator, count: int = 1500) ->
 
 
 def fit(points_mm: np.ndarray, variant: str):
-    """fit_scan as the variant says (the model's regressor: the learned one hidden)."""
-    files = regressor.LANDMARK_FILES
+    """fit_scan as the variant says (the model's regressor: the learned one hidden; confidence only: no landmark
+    counted for its agreeing views alone)."""
+    files, agreeing = regressor.LANDMARK_FILES, regressor.LANDMARK_MIN_AGREEING_VIEWS
     if variant == "model's regressor":
         regressor.LANDMARK_FILES = {}
+    if variant == "confidence only":
+        regressor.LANDMARK_MIN_AGREEING_VIEWS = VIEWS + 1
     try:
         return fit_scan(points_mm, None, landmarks=variant != "no landmarks")
     finally:
-        regressor.LANDMARK_FILES = files
+        regressor.LANDMARK_FILES, regressor.LANDMARK_MIN_AGREEING_VIEWS = files, agreeing
 
 
 def family_row(body, family: str, n: int) -> tuple[str, float]:
+    """The family's table row (bodies some variant refused are counted, and left out of every variant's errors)
+    and the seconds it took."""
     coco, names = body.landmark_regressor()
     wrist_rows = coco[[names.index("left_wrist"), names.index("right_wrist")]].cpu().double().numpy()
     scans = held_out_set("anny", n, realism=ScanRealism(), sampling=BodySampling(yaw_range_deg=30, families=(family,)))
     errors = {v: [] for v in VARIANTS}
     wrists = {v: [] for v in VARIANTS}
+    refused = {v: 0 for v in VARIANTS}
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for scan in scans:
@@ -68,15 +76,26 @@ def family_row(body, family: str, n: int) -> tuple[str, float]:
         if family == "arms_front":
             points = np.concatenate([points, held_box(wrist_rows @ scan.vertices_gt, rng)])
         truth_mm = 1000 * scan.vertices_gt.astype(np.float64)
+        results = {}
         for variant in VARIANTS:
-            result = fit(1000 * points, variant)
+            try:
+                results[variant] = fit(1000 * points, variant)
+            except ScanError:  # the scan checks refuse the fit (e.g. a misread pose looks like two people)
+                refused[variant] += 1
+        if len(results) < len(VARIANTS):
+            continue
+        for variant, result in results.items():
             errors[variant].append(np.linalg.norm(result.vertices_input - truth_mm, axis=1))
             wrists[variant].append(np.linalg.norm(wrist_rows @ result.vertices_input - wrist_rows @ truth_mm, axis=1))
     cells = []
     for variant in VARIANTS:
+        if not errors[variant]:
+            cells.append("- | -")
+            continue
         e, w = np.concatenate(errors[variant]), np.concatenate(wrists[variant])
         cells.append(f"{e.mean():.1f} / {np.percentile(e, 90):.1f} | {np.mean(w):.0f}")
-    row = f"| {family} | {n} | " + " | ".join(cells) + " |"
+    fitted = len(errors[VARIANTS[0]])
+    row = f"| {family} | {fitted} | " + " / ".join(str(refused[v]) for v in VARIANTS) + " | " + " | ".join(cells) + " |"
     print(row, flush=True)
     return row, time.perf_counter() - start
 
@@ -84,26 +103,31 @@ def family_row(body, family: str, n: int) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=4, help="held-out bodies per family (each fitted 3 times)")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=FAMILIES, help="pose families (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     body = load_body_model("anny")
     find_landmarks(np.random.default_rng(0).normal(size=(1000, 3)))  # the detector's one-off start-up
-    rows, seconds = zip(*(family_row(body, family, args.n) for family in FAMILIES))
+    rows, seconds = zip(*(family_row(body, family, args.n) for family in args.families))
     stamped = [WEIGHTS_DIR / "anny-body-scan" / "checkpoint.pt", regressor.landmark_file("anny")]
     lines = [
         "# Pose families users bring",
         "",
-        f"`benchmarks/bench_pose_families.py --n {args.n}`; {provenance(stamped)} CPU, 1 thread, load average "
+        f"`benchmarks/bench_pose_families.py {' '.join(sys.argv[1:])}`; {provenance(stamped)} CPU, 1 thread, load average "
         f"{os.getloadavg()[0]:.1f} when run ({sum(seconds) / 60:.0f} min).",
         "",
         "Held-out synthetic clothed bodies (validation seed, default realism, one pose family each; `arms_front` also",
         "holds a box between the hands), given Z-up in mm. Vertex error after the fit (all vertices), mm, mean / 90th",
         "percentile, and the wrists' mean error (mm). No landmarks: `landmarks=False` (no detector; the bodies face",
         "the usual way within 30 deg). Model's regressor: the detector's landmarks matched through the body model's",
-        "own keypoints at their light weight (the fit before the learned regressor). Learned regressor: the default.",
+        "own keypoints at their light weight (the fit before the learned regressor). Confidence only: the learned",
+        "regressor counting only landmarks of confidence >= 0.5. Learned regressor: the default, which also counts",
+        "elbows and wrists that 3 or more views agree on.",
+        "Refused: bodies whose fit the scan checks refused, per variant (e.g. a misread pose taken for two people);",
+        "n: the bodies every variant fitted, the only ones in the errors.",
         "",
-        "| family | n | " + " | ".join(f"{v} | wrists" for v in VARIANTS) + " |",
-        "|---|---|" + "---|---|" * len(VARIANTS),
+        "| family | n | refused | " + " | ".join(f"{v} | wrists" for v in VARIANTS) + " |",
+        "|---|---|---|" + "---|---|" * len(VARIANTS),
         *rows,
         "",
     ]
