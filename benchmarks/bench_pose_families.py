@@ -6,8 +6,7 @@ Held-out synthetic clothed bodies (the fixed validation seed, default realism, o
 front also hold a box between the hands), given Z-up in millimetres. Per family, mean and 90th-percentile vertex
 error after the fit (all vertices) and the wrists' error (the model's wrist keypoints), for: no landmarks
 (`landmarks=False`: no detector, the usual facing), the model's own keypoint regressor at its light weight (as
-before the learned regressor), the learned detector regressor (weights/anny/anny-landmarks.npz) counting confident
-landmarks only, and the default: the learned one also counting elbows and wrists that enough views agree on.
+before the learned regressor), and the learned detector regressor (weights/anny/anny-landmarks.npz, the default).
 """
 
 from __future__ import annotations
@@ -28,14 +27,14 @@ from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
 from lvd_core.inputs.scan import ScanError  # noqa: E402
 from lvd_core.landmarks import regressor  # noqa: E402
-from lvd_core.landmarks.detect import VIEWS, find_landmarks  # noqa: E402
+from lvd_core.landmarks.detect import find_landmarks  # noqa: E402
 from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 FAMILIES = ("arms_front", "arms_crossed", "hands_on_hips", "hands_in_pockets", "knee_raised", "sitting", "standing")
 BOX = np.array([0.26, 0.16, 0.20])  # metres: the box held in front (across, deep, high)
-VARIANTS = ("no landmarks", "model's regressor", "confidence only", "learned regressor")
+VARIANTS = ("no landmarks", "model's regressor", "learned regressor")
 
 
 def held_box(wrists: np.ndarray, rng: np.random.Generator, count: int = 1500) -> np.ndarray:
@@ -47,17 +46,14 @@ def held_box(wrists: np.ndarray, rng: np.random.Generator, count: int = 1500) ->
 
 
 def fit(points_mm: np.ndarray, variant: str):
-    """fit_scan as the variant says (the model's regressor: the learned one hidden; confidence only: no landmark
-    counted for its agreeing views alone)."""
-    files, agreeing = regressor.LANDMARK_FILES, regressor.LANDMARK_MIN_AGREEING_VIEWS
+    """fit_scan as the variant says (the model's regressor: the learned one hidden)."""
+    files = regressor.LANDMARK_FILES
     if variant == "model's regressor":
         regressor.LANDMARK_FILES = {}
-    if variant == "confidence only":
-        regressor.LANDMARK_MIN_AGREEING_VIEWS = VIEWS + 1
     try:
         return fit_scan(points_mm, None, landmarks=variant != "no landmarks")
     finally:
-        regressor.LANDMARK_FILES, regressor.LANDMARK_MIN_AGREEING_VIEWS = files, agreeing
+        regressor.LANDMARK_FILES = files
 
 
 def family_row(body, family: str, n: int) -> tuple[str, float]:
@@ -102,7 +98,7 @@ def family_row(body, family: str, n: int) -> tuple[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=4, help="held-out bodies per family (each fitted 3 times)")
+    parser.add_argument("--n", type=int, default=4, help="held-out bodies per family (each fitted once per variant)")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=FAMILIES, help="pose families (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -120,9 +116,7 @@ def main() -> None:
         "holds a box between the hands), given Z-up in mm. Vertex error after the fit (all vertices), mm, mean / 90th",
         "percentile, and the wrists' mean error (mm). No landmarks: `landmarks=False` (no detector; the bodies face",
         "the usual way within 30 deg). Model's regressor: the detector's landmarks matched through the body model's",
-        "own keypoints at their light weight (the fit before the learned regressor). Confidence only: the learned",
-        "regressor counting only landmarks of confidence >= 0.5. Learned regressor: the default, which also counts",
-        "elbows and wrists that 3 or more views agree on.",
+        "own keypoints at their light weight (the fit before the learned regressor). Learned regressor: the default.",
         "Refused: bodies whose fit the scan checks refused, per variant (e.g. a misread pose taken for two people);",
         "n: the bodies every variant fitted, the only ones in the errors.",
         "",

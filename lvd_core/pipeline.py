@@ -337,7 +337,7 @@ class _ScanInModel:
         if self.person is None or not self.person.sure:
             return None
         located = apply_transform(self.to_model, self.prediction.canonical.to_input(self.person.points))
-        return landmark_targets(model, located, self.person.confidence, self.person.agreeing_views, len(self.vertex_ids))
+        return landmark_targets(model, located, self.person.confidence, len(self.vertex_ids))
 
     def landmark_targets(self, count: int) -> LandmarkTargets | None:
         """The landmark targets repeated for `count` fits of this scan (None: none)."""

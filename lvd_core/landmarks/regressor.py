@@ -33,11 +33,6 @@ LANDMARK_HUBER = 0.02
 # Less confident detections are left out: they miss by 20-40 cm at the 90th percentile (held-out synthetic
 # bodies, weights/anny/anny-landmarks.json), the confident ones by 4-11 cm.
 LANDMARK_MIN_CONFIDENCE = 0.5
-# Elbows and wrists held in front of the body are seen by few views, so their confidence stays low; where this
-# many views agree on one (after triangulation drops the others) it counts all the same, at its confidence: such
-# wrists miss by 24-34 mm at the median on held-out arms-in-front bodies, nearer than the network puts them.
-LANDMARK_MIN_AGREEING_VIEWS = 3
-AGREEMENT_NAMES = ("left_elbow", "right_elbow", "left_wrist", "right_wrist")
 # The model's own regressor places some points otherwise than the detector (on Anny: its knees, ankles and heels
 # 2-3 cm lower, its ears 3-4 cm farther out, its toe tip ahead of the detector's): without a learned regressor, the
 # hips, toes and face points weigh less and every landmark little (at 0.01 the real sample scan's fit moved off its
@@ -95,20 +90,16 @@ def fit_landmarks(model) -> tuple[torch.Tensor, list[str], np.ndarray, float | N
     return strongest_weights(own[0][known], LANDMARK_VERTICES), names, scale, None
 
 
-def landmark_targets(model, points: np.ndarray, confidence: np.ndarray, agreeing_views: np.ndarray,
-                     vertex_count: int) -> LandmarkTargets | None:  # fmt: skip
-    """The detected landmarks points (33, 3) (model frame, NaN where unknown) with their confidence (33,) and
-    agreeing views (33,) (`Landmarks`) as targets for a fit (batch 1) against `vertex_count` LVD vertices; None
-    when the model has no regressor."""
+def landmark_targets(model, points: np.ndarray, confidence: np.ndarray, vertex_count: int) -> LandmarkTargets | None:
+    """The detected landmarks points (33, 3) (model frame, NaN where unknown) with their confidence (33,) as
+    targets for a fit (batch 1) against `vertex_count` LVD vertices; None when the model has no regressor."""
     regressor = fit_landmarks(model)
     if regressor is None:
         return None
     matrix, names, scale, huber = regressor
     rows = np.array([INDEX[name] for name in names])
     targets = points[rows]
-    agreed = np.isin(names, AGREEMENT_NAMES) & (agreeing_views[rows] >= LANDMARK_MIN_AGREEING_VIEWS)
-    counted = agreed | (confidence[rows] >= LANDMARK_MIN_CONFIDENCE)
-    weights = np.where(counted, confidence[rows], 0.0) * scale * vertex_count
+    weights = np.where(confidence[rows] >= LANDMARK_MIN_CONFIDENCE, confidence[rows], 0.0) * scale * vertex_count
     weights = np.where(np.isfinite(targets).all(1), weights, 0.0)
     kw = dict(dtype=model.dtype, device=model.device)
     return LandmarkTargets(matrix, torch.as_tensor(np.nan_to_num(targets)[None], **kw), torch.as_tensor(weights[None], **kw), huber)
