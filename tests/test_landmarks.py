@@ -87,7 +87,7 @@ def test_back_views_sides_are_exchanged_and_the_facing_found(facing_yaw_deg):
     facing = turn @ [0.0, -1.0, 0.0]
     observed = views_of(truth, YAWS, facing)
     resolved = resolve_sides(observed, YAWS)
-    points, confidence = triangulate(resolved, YAWS, height=1.0)
+    points, confidence, _ = triangulate(resolved, YAWS, height=1.0)
     front, mirrored = facing_direction(points, confidence)
     if mirrored:  # the first view saw the back: every label was exchanged
         points = points[SWAPPED]
@@ -105,10 +105,24 @@ def test_triangulation_recovers_points_and_drops_a_wrong_view():
     wrist = INDEX["left_wrist"]
     observed[5, wrist, 0] += 0.2  # one view puts the wrist 20 cm off
     observed[2, :, 2] = 0.5  # a view less sure of everything
-    points, confidence = triangulate(observed, YAWS, height=1.0)
+    points, confidence, _ = triangulate(observed, YAWS, height=1.0)
     assert np.abs(points - truth).max() < 0.006
     assert confidence[wrist] < confidence[INDEX["right_wrist"]]
     assert confidence.max() <= 1.0
+
+
+def test_triangulation_counts_the_views_that_agree():
+    """A wrist held in front: three views see it and agree, one more sees it 20 cm off, the rest barely see it."""
+    truth = person_landmarks()
+    observed = resolve_sides(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS)
+    wrist = INDEX["left_wrist"]
+    observed[3:, wrist, 2] = 0.1
+    observed[3, wrist, :] = [observed[3, wrist, 0] + 0.2, observed[3, wrist, 1], 0.9]
+    points, confidence, agreeing = triangulate(observed, YAWS, height=1.0)
+    assert agreeing[wrist] == 3
+    assert points[wrist] == pytest.approx(truth[wrist], abs=1e-6)
+    assert confidence[wrist] == pytest.approx(3 / 8)
+    assert (np.delete(agreeing, wrist) == 8).all()
 
 
 def test_no_person_no_facing():
@@ -121,7 +135,7 @@ def test_no_person_no_facing():
 
 def test_facing_plan_starts_from_the_found_facing():
     truth = person_landmarks()
-    points, confidence = triangulate(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS, height=1.0)
+    points, confidence, _ = triangulate(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS, height=1.0)
     front, _ = facing_direction(points, confidence)
     turned = Landmarks(points, confidence, yaw_rotation(np.radians(90)) @ front, 8)
     yaw, count = facing_plan("body", None, turned)
@@ -131,7 +145,7 @@ def test_facing_plan_starts_from_the_found_facing():
 
 def test_a_person_not_surely_found_starts_a_search_from_their_facing():
     truth = person_landmarks()
-    points, confidence = triangulate(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS, height=1.0)
+    points, confidence, _ = triangulate(views_of(truth, YAWS, np.array([0.0, -1.0, 0.0])), YAWS, height=1.0)
     front, _ = facing_direction(points, confidence)
     few_views = Landmarks(points, confidence, front, 4)
     assert few_views.found and not few_views.sure

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,12 +56,14 @@ SURE_CONFIDENCE = 0.5
 class Landmarks:
     """3D landmarks in the frame of the points they came from. points (33, 3) (NaN where unknown), confidence
     (33,) in [0, 1] (0 where unknown); facing (3,): the person's front, horizontal unit vector (NaN if unknown);
-    views: how many views found the person."""
+    views: how many views found the person; agreeing_views (33,) int: how many views a landmark's point was
+    triangulated from (those left after dropping the ones that disagree; 0 where unknown)."""
 
     points: np.ndarray
     confidence: np.ndarray
     facing: np.ndarray
     views: int
+    agreeing_views: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), dtype=int))
 
     @property
     def found(self) -> bool:
@@ -144,11 +146,11 @@ def resolve_sides(observations: np.ndarray, yaws: np.ndarray) -> np.ndarray:
     return resolved
 
 
-def triangulate(observations: np.ndarray, yaws: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
-    """observations (K, 33, 3) with consistent sides -> points (33, 3) and confidence (33,). Views missing a
-    landmark (horizontally or in height) by more than MAX_MISS * height are dropped for it, the worst first;
-    confidence is the kept views' summed visibility over the views with a person, 0 when the kept views cannot
-    fix the point."""
+def triangulate(observations: np.ndarray, yaws: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """observations (K, 33, 3) with consistent sides -> points (33, 3), confidence (33,) and agreeing views (33,)
+    int. Views missing a landmark (horizontally or in height) by more than MAX_MISS * height are dropped for it,
+    the worst first; confidence is the kept views' summed visibility over the views with a person and agreeing
+    views their count, both 0 when the kept views cannot fix the point."""
     seen = np.flatnonzero(np.isfinite(observations[:, 0, 0]))
     rights = np.stack([view_right(y)[:2] for y in yaws[seen]])
     horizontal, heights, visibility = np.moveaxis(observations[seen], 2, 0)  # each (K, 33)
@@ -168,9 +170,10 @@ def triangulate(observations: np.ndarray, yaws: np.ndarray, height: float) -> tu
     z = mean_height(weights)
     fixed = smallest > 0.1 * weights.sum(0) / 2  # the kept views span enough directions
     confidence = np.where(fixed, weights.sum(0) / len(seen), 0.0)
+    agreeing = np.where(fixed, kept.sum(0), 0)
     result = np.concatenate([points, z[:, None]], axis=1)
     result[~fixed | ~kept.any(0)] = np.nan
-    return result, confidence
+    return result, confidence, agreeing
 
 
 def facing_direction(points: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -210,8 +213,8 @@ def find_landmarks(points: np.ndarray, views: int = VIEWS, size: int = 512) -> L
     if seen < MIN_DETECTED_VIEWS:
         return unknown
     height = np.ptp(points[:, 2])
-    located, confidence = triangulate(resolve_sides(observations, yaws), yaws, height)
+    located, confidence, agreeing = triangulate(resolve_sides(observations, yaws), yaws, height)
     facing, mirrored = facing_direction(located, confidence)
     if mirrored:
-        located, confidence = located[SWAPPED], confidence[SWAPPED]
-    return Landmarks(located, confidence, facing, seen)
+        located, confidence, agreeing = located[SWAPPED], confidence[SWAPPED], agreeing[SWAPPED]
+    return Landmarks(located, confidence, facing, seen, agreeing)
