@@ -153,9 +153,9 @@ def _hand_rig(body, rest: np.ndarray, index: dict, fwd: np.ndarray, side: str | 
     sign = 1.0 if side == "L" else -1.0
     pos = lambda name: rest[index[name + suffix]]  # noqa: E731
     wrist = rest[index["wrist" + suffix]]
-    # Palm normal, pointing out of the palm: (index - wrist) x (little - wrist) points out of the back of a
-    # right hand (checked: fists then curl towards it), so it is negated for the right, and mirrored for the left.
-    normal = _unit(np.cross(pos(bones["index"][0]) - wrist, pos(bones["little"][0]) - wrist)) * sign
+    # Palm normal, out of the palm (flexion curls towards it): (index - wrist) x (little - wrist) points out of
+    # the palm of a right hand and out of the back of a left one (mirrored), hence -sign.
+    normal = _unit(np.cross(pos(bones["index"][0]) - wrist, pos(bones["little"][0]) - wrist)) * -sign
     rig = []
     for finger, names in bones.items():
         for k, name in enumerate(names):

@@ -244,8 +244,8 @@ def palm_frame(body, joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     centre = (wrist + index + little) / 3
     across = (little - index) / np.linalg.norm(little - index)
     normal = np.cross(index - wrist, little - wrist)
-    # This cross product points out of the back of a right hand and out of the palm of a left one (mirrored).
-    normal *= 1.0 if body.name.endswith("left") else -1.0
+    # This cross product points out of the palm of a right hand and out of the back of a left one (mirrored).
+    normal *= -1.0 if body.name.endswith("left") else 1.0
     return wrist, centre, normal / np.linalg.norm(normal), across
 
 
