@@ -141,7 +141,7 @@ def predict_vertices(
         start = network.template[None].expand(len(grids), -1, -1)
     else:  # the authors' networks: Y up, height 1.5, 128^3, start at the origin, all vertices
         frames = [normalize(scan, up_out="y", height=1.5) for scan in scans]
-        preset = PAPER_HAND if network.vertex_count == 778 else PAPER_BODY
+        preset = PAPER_HAND if scans[0].kind == "hand" else PAPER_BODY
         grids = np.stack([preset.grid(f.to_canonical(s.points.astype(np.float64)), workers=-1) for f, s in zip(frames, scans)])
         angles, jitters, readings = [np.zeros(1)] * len(scans), [np.eye(3)], [np.eye(3)]
         rotations, turns = [[np.eye(3)]] * len(scans), [[np.eye(3)]] * len(scans)
