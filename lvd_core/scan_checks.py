@@ -125,13 +125,12 @@ def far_share(points: np.ndarray, vertices: np.ndarray, height: float) -> float:
 def check_explained(scan: Scan, result) -> None:
     """ScanError when the fitted body (a FitResult (lvd_core.results), input frame) leaves more than MAX_FAR_POINTS of the
     scan far from it while the body itself lies on the scan: the scan holds more than one person (one carrying
-    another). Not where the person detector found no person: its pose is then as likely misread (the fit is
-    marked doubtful instead)."""
-    if result.person_found is False:  # a pose the detector missed is as likely misread (a sitting person's legs)
-        return
+    another), or one the fit could not read (not found by the person detector: a pose it misread, e.g. a sitting
+    person's legs; the message says so)."""
     points = scan.points.astype(np.float64)
     share = far_share(points, result.vertices_input, scan.height)
     if share <= MAX_FAR_POINTS or np.median(cKDTree(points).query(result.vertices_input, k=1)[0]) > ON_SCAN_SHARE * scan.height:
         return
-    raise ScanError(f"{scan.source} looks like two people: {share:.0%} of the scan lies far from the one body "
+    unread = "" if result.person_found is not False else " (or a person the detector did not find: lying down? turn the scan upright)"
+    raise ScanError(f"{scan.source} looks like two people{unread}: {share:.0%} of the scan lies far from the one body "
                     f"fitted (a second person, or a large object); {TWO_PEOPLE_FIX}")  # fmt: skip

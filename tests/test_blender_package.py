@@ -39,7 +39,7 @@ def test_zip_installs_and_builds_a_character(tmp_path):
         character = importlib.import_module(f"{INSTALLED}.character")
         body = vendored("body").load_body_model("anny-hand")
         params = random_params(body)
-        description = vendored("export").character_description(body, params)
+        description = vendored("character").character_description(body, params)
         frame = placement() @ description["model_to_zup"]
         _, mesh_obj = character.build_character("Installed", description, frame_matrix=frame)
         expected = body(params).vertices[0].double().numpy() @ frame[:3, :3].T + frame[:3, 3]

@@ -294,5 +294,5 @@ def test_landmarks_bring_arms_held_in_front_nearer_the_truth(anny):
     for landmarks in (False, True):
         result = fit_scan(1000 * scan.points, None, landmarks=landmarks)
         error[landmarks] = np.linalg.norm(wrists @ result.vertices_input - truth, axis=1).mean()
-    assert error[True] < 0.5 * error[False]
-    assert error[True] < 40
+    assert error[True] < 0.75 * error[False]
+    assert error[True] < 60

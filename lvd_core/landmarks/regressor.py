@@ -28,7 +28,7 @@ MODEL_NAMES = {"left_foot_index": "left_big_toe", "right_foot_index": "right_big
 LANDMARK_FILES = {"anny": "anny/anny-landmarks.npz"}
 # Each detected landmark weighs this share of the LVD vertices' count times its confidence (0-1), under a
 # Huber loss of this scale (metres, model frame): strong enough to pull a limb the network misplaced.
-LANDMARK_WEIGHT = 0.03
+LANDMARK_WEIGHT = 0.01  # at 0.03 the face points pulled the sample scan's age from 16 to 56 years (truth 21)
 LANDMARK_HUBER = 0.02
 # Less confident detections are left out: they miss by 20-40 cm at the 90th percentile (held-out synthetic
 # bodies, weights/anny/anny-landmarks.json), the confident ones by 4-11 cm.
