@@ -483,7 +483,7 @@ def fit_together(todo: list[tuple[int, Path, str]], settings: FitSettings, debug
             try:
                 scans.append((index, source, stem, load_input_scan(source, settings.fit_options)))
             except ValueError as error:
-                outcomes.append((index, Outcome(str(source), "failed", message=error_message(error, debug))))
+                outcomes.append((index, failed_outcome(str(source), error_message(error, debug))))
     try:
         results = pipeline.fit_scans([scan for *_, scan in scans], **settings.fit_options) if scans else []
     except Exception as error:  # a problem of the options: no scan of the batch could be fitted
@@ -737,7 +737,7 @@ def fit_batch(inputs: list[Path], settings: FitSettings, device, args) -> dict[i
                 try:
                     outcome = future.result()
                 except Exception as error:  # the worker died (e.g. out of memory): that input failed
-                    outcome = Outcome(str(source), "failed", message=error_message(error, debug))
+                    outcome = failed_outcome(str(source), error_message(error, debug))
                 report(index, outcome)
         finally:
             pool.shutdown(cancel_futures=True)  # on Ctrl-C, queued inputs are dropped rather than fitted
