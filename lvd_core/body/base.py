@@ -305,6 +305,18 @@ class BodyModel(torch.nn.Module):
             known[key] = matrix
         return known[key]
 
+    def kept_for_rows(self, what: str, vertex_ids: Tensor, make, *more: Tensor):
+        """make() for vertex rows `vertex_ids` (and any `more` index tensors), kept for the last few such sets per
+        `what`: gathering rows of the model's tables costs milliseconds, and a fit asks for the same rows hundreds
+        of times."""
+        kept = self.__dict__.setdefault("_kept_for_rows", {}).setdefault(what, {})
+        key = (str(vertex_ids.device), str(self.dtype), *(t.cpu().numpy().tobytes() for t in (vertex_ids, *more)))
+        if key not in kept:
+            if len(kept) >= 4:
+                kept.pop(next(iter(kept)))
+            kept[key] = make()
+        return kept[key]
+
     def skinning_influences(self) -> tuple[Tensor, Tensor]:
         """Every vertex's nonzero skinning weights as (V, I) joint indices and (V, I) weights, I the most any
         vertex has (others padded with weight 0): Anny's vertices have at most 9 of 104."""
@@ -336,11 +348,13 @@ class BodyModel(torch.nn.Module):
         heads = posed_joints(rest_j, rot, self.parents, self.levels)
         transforms = skinning_transforms(rest_j, heads, rot)  # (B, J, 3, 4)
         bones, weights = self.skinning_influences()
-        bones, weights = bones[vertex_ids], weights[vertex_ids]  # (N, I)
+        bones = bones[vertex_ids]  # (N, I)
         # Each influence's transform of its vertex (B, N, I, 3), summed, weighted, over the joints below each k.
         moved_by = transforms[:, bones]  # (B, N, I, 3, 4)
         per_bone = torch.einsum("bnick,bnk->bnic", moved_by[..., :3], rest_v) + moved_by[..., 3]
-        weight_below = weights[..., None] * self.descendant_matrix()[joints].T[bones]  # (N, I, K)
+        weight_below = self.kept_for_rows(  # (N, I, K)
+            "weight_below", vertex_ids, lambda: weights[vertex_ids][..., None] * self.descendant_matrix()[joints].T[bones], joints
+        )
         arm = per_bone.transpose(2, 3) @ weight_below  # (B, N, 3, K)
         scale = params.scale[:, :, None, None]
         if row_weights is not None:
@@ -359,7 +373,7 @@ class BodyModel(torch.nn.Module):
         d_rest_j = (probe_j.unflatten(0, (batch, count)) - rest_j[:, None]).flatten(0, 1)  # (B*T, J, 3)
         d_heads = posed_joints(d_rest_j, rot.repeat_interleave(count, 0), self.parents, self.levels)
         d_offsets = (d_heads - (rot.repeat_interleave(count, 0) @ d_rest_j[..., None])[..., 0]).unflatten(0, (batch, count))
-        dense = self.skinning_weights[vertex_ids]  # (N, J)
+        dense = self.kept_for_rows("skinning_weights", vertex_ids, lambda: self.skinning_weights[vertex_ids])  # (N, J)
         blended = torch.einsum("nj,bjk->bnk", dense, rot.flatten(2)).unflatten(-1, (3, 3))  # (B, N, 3, 3)
         d_shape = torch.einsum("bnik,btnk->bnit", blended, d_rest_v) + torch.einsum("nj,btjc->bnct", dense, d_offsets)
         return d_rotation, scale * d_shape
@@ -371,7 +385,9 @@ class BodyModel(torch.nn.Module):
         rot = global_rotations(local, self.parents, self.levels)
         joints = posed_joints(rest_j, rot, self.parents, self.levels)
         transforms = skinning_transforms(rest_j, joints, rot)
-        weights = self.skinning_weights if vertex_ids is None else self.skinning_weights[vertex_ids]
+        weights = self.skinning_weights if vertex_ids is None else self.kept_for_rows(
+            "skinning_weights", vertex_ids, lambda: self.skinning_weights[vertex_ids]
+        )
         vertices = linear_blend_skinning(rest_v, weights, transforms)
         return BodyOutput(vertices=vertices, joints=joints, joint_rotations=rot)
 
