@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .anny_data import ANNY_VARIANTS, model_data_path
 from .base import BodyModel, BodyModelError, BodyParams
+from .roma_import import import_roma
 
 
 AGE_RESTARTS = (0.3, 0.55, 0.8, 0.95)  # ages a fit restarts from (AnnyBody.shape_restarts)
@@ -28,8 +29,6 @@ SHAPE_PRIOR_SAMPLES = 20_000  # draws of anny's shape distribution the prior's m
 
 def _load_anny(variant: str):
     """The anny model of `variant`, built from our shipped compact data (milliseconds, no cache folder)."""
-    from .roma_import import import_roma
-
     import_roma()  # before anny, which imports it
     import anny
     from anny.models.model_data import ModelData
@@ -161,7 +160,18 @@ class AnnyBody(BodyModel):
         return self._rest_from_coefficients(self._coefficients(shape))[1]
 
     def rest_bone_orientations(self, shape: Tensor) -> Tensor:
-        return self.anny.get_rest_model(self._coefficients(shape))["rest_bone_poses"][..., :3, :3]
+        """anny's rest bone frames (its get_rest_model's rest_bone_poses, rotation part), computed as anny does
+        but without its roma.Rigid, whose shape check imports sympy (0.3 s a process)."""
+        m = self.anny
+        if m.rest_orientation_refiner is not None:
+            return m.get_rest_model(self._coefficients(shape))["rest_bone_poses"][..., :3, :3]
+        covariance = m.bone_template_orientation_matrices[None] + torch.einsum(
+            "ba,akij->bkij", self._coefficients(shape), m.bone_orientation_blendshapes
+        )
+        frames = import_roma().special_procrustes(covariance)
+        if m.root_identity_orientation:
+            frames[:, 0] = torch.eye(3, dtype=frames.dtype, device=frames.device)
+        return frames
 
     def _rest(self, shape: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._rest_from_coefficients(self._coefficients(shape), vertex_ids)
