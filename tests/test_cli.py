@@ -23,6 +23,7 @@ from lvd_core import pipeline
 from lvd_core.body import load_body_model
 from lvd_core.cli import SAMPLE_SCAN, build_parser, main, rigged_export_unavailable, sample_truth_error_mm, train_config
 from lvd_core.measurements import describe, fit_description
+from lvd_core.preview import PANEL
 
 # The fitted body's vertices lie 20-35 mm (mean) from the ground-truth surface without the refinement; 60 mm
 # still fails a fit that misses the body (a wrong facing or scale puts it at 100+ mm) and leaves room for
@@ -196,7 +197,9 @@ def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path)
     assert "silhouette IoU" in stdout
     for name in ("img1.npz", "img1.json", "img1_body.obj", "img1_preview.png"):
         assert (tmp_path / name).is_file(), name
-    assert Image.open(tmp_path / "img1_preview.png").size == (800, 450)  # the photo layout, not the scan's 800 x 600
+    preview = np.asarray(Image.open(tmp_path / "img1_preview.png"))
+    photo_panel = preview[-PANEL:, :PANEL]
+    assert (photo_panel == 255).all(-1).mean() < 0.5  # the photo's crop on the left, not a scan view on white
     # A photo does not tell the person's real size: the body is described without metres.
     described = json.loads((tmp_path / "img1.json").read_text())["body"]
     assert "gender" in described and "age_years" in described and not any(name.endswith("_m") for name in described)
