@@ -3,8 +3,8 @@ fitted body (a flat-shaded mesh) overlaid. Coordinates are Z-up with the subject
 of Anny; lvd_core.outputs.zup_from_input brings any input there). Photos: the person crop with the fitted
 body's silhouette and the person mask's outline drawn on it, beside the body's side view.
 
-Drawn with numpy (a z-buffered triangle rasteriser) and written with Pillow: milliseconds, where plotting the
-same triangles with matplotlib took 0.6 s a fit (and its import 0.5 s more a command).
+Drawn with numpy (a z-buffered triangle rasteriser) and written with Pillow: a plotting library would spend
+about 0.6 s on the body's tens of thousands of triangles, and 0.5 s more on its import.
 """
 
 from __future__ import annotations
