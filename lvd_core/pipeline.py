@@ -31,7 +31,7 @@ from .landmarks.detect import Landmarks
 from .landmarks.regressor import landmark_targets
 from .nets.compact import CompactScanLVD
 from .results import FitResult, InputError, StageTimer, report_progress
-from .scan_checks import check_explained, check_one_figure, stand_up, turned, turned_back
+from .scan_checks import check_explained, check_one_figure, stand_up, thinned, turned, turned_back
 from .transfer import TRANSFERRED_BODIES, source_model, transferred
 from .synth.poses import relaxed_finger_pose
 
@@ -400,7 +400,7 @@ class _ScanInModel:
         lies closest to the scan: the smallest median scan-to-body distance (the result's residual_mm; the median
         shrugs off an object held in the hand). The shortlist has already dropped the facings whose LVD vertices
         the body model cannot take (figures at SHORTLIST)."""
-        distances = [_median_distance(self.points, fit.vertices[0].detach().cpu().double().numpy()) for fit in fits]
+        distances = [_median_distance(thinned(self.points), fit.vertices[0].detach().cpu().double().numpy()) for fit in fits]
         k = int(np.argmin(distances))
         self.best, self.residual = self.shortlist[k], distances[k]
         return fits[k]
