@@ -84,6 +84,23 @@ def test_a_hand_without_forearm_is_left_whole(seed):
     assert forearm_cut(points) is None
 
 
+@pytest.mark.parametrize("seed, forearm", [(1, False), (24, True)])
+def test_a_fist_is_never_cut_away_as_a_forearm(seed, forearm):
+    """A fist is round like a forearm: alone it passed for one (seed 1), and after a forearm the round run went on
+    through it (seed 24): both cuts dropped the whole hand. A cut must leave a hand's length (MIN_HAND_RADII)."""
+    side = "left" if seed % 2 else "right"
+    body = load_body_model(f"anny-hand-{side}")
+    rng = np.random.default_rng(seed)
+    params = sample_params(body, rng, 1, BodySampling(families=("fist", "grasp_cylinder", "grasp_sphere")))
+    scan = make_scan(body, params, rng, realism=ScanRealism(wrist_cut_probability=0.0) if forearm else ScanRealism())
+    if forearm:
+        scan = with_forearm(body, scan, rng)
+    points = scan.points @ Rotation.random(random_state=seed).as_matrix().T
+    hand = points[: len(points) - scan.info.get("forearm_points", 0)]
+    cut = forearm_cut(points)
+    assert cut is None or (hand @ cut[0] <= cut[1]).mean() > 0.8
+
+
 def test_without_forearm_finds_the_units_a_forearm_hid():
     """A 45 cm hand-and-forearm passes for a hand in no unit; the cropped hand is in millimetres again."""
     points, _, _, _ = synthetic_hand("right", 5, forearm=True)
