@@ -420,9 +420,10 @@ def levenberg_marquardt(
     names = free.names(stage)
     free_joints = [j for j in range(1, body.joint_count) if j not in frozen] if "joint_pose" in names else []
 
-    def analytic_jacobian(x: Tensor, vertices: Tensor, sqrt_w: Tensor, r: Tensor) -> Tensor:
-        """(B, rows, len(columns)) in closed form (one skinning pass on the rows' vertices): the rotations'
-        exact, the shape's as forward differences of the rest shape skinned with the pose held."""
+    def analytic_jacobian(x: Tensor, vertices: Tensor, sqrt_w: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """In closed form (one skinning pass on the rows' vertices): the rotations' exact, the shape's as forward
+        differences of the rest shape skinned with the pose held. -> the point rows' (B, 3(N + L), len(columns))
+        and the prior rows' (B, S + 3(J-1), len(columns)), apart: the point rows are never copied."""
         params = free.candidates(x, stage)
         joints = torch.tensor([0, *free_joints], device=x.device)
         shape_probes = None
@@ -443,18 +444,18 @@ def levenberg_marquardt(
         if goals.mix is not None:
             d_points[:, goals.vertex_count :] *= sqrt_w[:, goals.vertex_count :, None, None]
         point_rows = d_points.shape[1] * 3
-        jac = torch.cat([d_points.flatten(1, 2), d_points.new_zeros(batch, r.shape[1] - point_rows, len(columns))], dim=1)
+        priors = d_points.new_zeros(batch, r.shape[1] - point_rows, len(columns))
         if d_shape is not None:  # the shape prior's rows, prior * shape_prior_residuals: differenced like the shape
             at = body.shape_prior_residuals(params.shape)  # (B, S)
             probed = body.shape_prior_residuals(shape_probes.flatten(0, 1)).unflatten(0, shape_probes.shape[:2])
             span = torch.arange(body.shape_size, device=x.device)
             change = (probed - at[:, None]).transpose(1, 2) / step  # (B, row, unknown)
-            jac[:, point_rows + span[:, None], len(columns) - body.shape_size + span[None]] = prior[:, :, None] * change
+            priors[:, span[:, None], len(columns) - body.shape_size + span[None]] = prior[:, :, None] * change
         if free_joints:  # the pose prior's rows: pose_prior * joint_pose
-            rows = torch.tensor([point_rows + body.shape_size + 3 * (j - 1) + k for j in free_joints for k in range(3)], device=x.device)
+            rows = torch.tensor([body.shape_size + 3 * (j - 1) + k for j in free_joints for k in range(3)], device=x.device)
             first = len(columns) - (body.shape_size if d_shape is not None else 0) - len(rows)
-            jac[:, rows, first + torch.arange(len(rows), device=x.device)] = pose_prior
-        return jac
+            priors[:, rows, first + torch.arange(len(rows), device=x.device)] = pose_prior
+        return d_points.flatten(1, 2), priors
 
     if options.jacobian not in ("analytic", "finite_difference"):
         raise ValueError(f"FitOptions.jacobian is {options.jacobian!r}; expected 'analytic' or 'finite_difference'")
@@ -469,11 +470,13 @@ def levenberg_marquardt(
             sqrt_w = irls_weights(vertices)
             r = stack(vertices, priors, sqrt_w)
             if options.jacobian == "analytic":
-                jac = analytic_jacobian(x, vertices, sqrt_w, r)
+                points_jac, priors_jac = analytic_jacobian(x, vertices, sqrt_w, r)
             else:
                 jac = difference_jacobian(x, sqrt_w, r, columns)
-            jtj = jac.transpose(1, 2) @ jac
-            jtr = (jac.transpose(1, 2) @ r[..., None])[..., 0]
+                points_jac, priors_jac = jac[:, : r.shape[1] - priors.shape[1]], jac[:, r.shape[1] - priors.shape[1] :]
+            point_rows = points_jac.shape[1]
+            jtj = points_jac.transpose(1, 2) @ points_jac + priors_jac.transpose(1, 2) @ priors_jac
+            jtr = (points_jac.transpose(1, 2) @ r[:, :point_rows, None] + priors_jac.transpose(1, 2) @ r[:, point_rows:, None])[..., 0]
             diag = torch.diag_embed(jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-12))
             pending = torch.ones(batch, dtype=torch.bool, device=x.device)
             for _attempt in range(4):  # raise the damping until the step helps (or give up this round)
