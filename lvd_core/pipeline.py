@@ -25,7 +25,7 @@ from .devices import pick_device
 from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_to_surface
 from .hands import EITHER_SIDE, HAND_POINTS, fit_either_side, without_forearm
 from .inputs.frame import QUARTER_TURNS, NormalizedFrame, apply_transform, normalize
-from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid
+from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid, turned_grids
 from .inputs.scan import Scan, ScanError, load_scan
 from .landmarks.detect import Landmarks
 from .landmarks.regressor import landmark_targets
@@ -135,7 +135,7 @@ def predict_vertices(
         # Mirrored last, in the network's frame, where x is left-right whatever the facing hypothesis.
         turns = [[r @ j @ m for m in readings for r in per_scan for j in jitters] for per_scan in rotations]
         preset = compact_grid(network.resolution, network.box_half_size)
-        grids = np.stack([preset.grid(c @ t) for c, per_scan in zip(canonicals, turns) for t in per_scan])  # the scan turned by t^-1
+        grids = np.stack([g for c, per_scan in zip(canonicals, turns) for g in turned_grids(preset, c, per_scan)])  # the scan turned by t^-1
         network_ids = np.asarray(network.checkpoint_metadata["vertex_ids"])
         vertex_ids = network_ids if twins is None else np.concatenate([network_ids, twins[network_ids]])
         start = network.template[None].expand(len(grids), -1, -1)

@@ -1,12 +1,16 @@
 """Distance grids against brute force (lvd_core.inputs.grids)."""
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from lvd_core.inputs.grids import COMPACT_BODY, PAPER_BODY, PAPER_HAND, distance_grid, grid_axes, grid_tensor
+from lvd_core.canonical import yaw_rotation
+from lvd_core.inputs.grids import (
+    COMPACT_BODY, PAPER_BODY, PAPER_HAND, compact_grid, distance_grid, grid_axes, grid_tensor, turned_grids,
+)
 
 
 def brute_force_distance(points: np.ndarray, box_min, box_max, resolution: int) -> np.ndarray:
@@ -84,3 +88,19 @@ def test_preset_channel_counts():
 def test_bad_points_are_refused():
     with pytest.raises(ValueError, match=r"\(M, 3\)"):
         COMPACT_BODY.grid(np.zeros((0, 3)))
+
+
+def test_turned_grids_match_grids_of_the_turned_points():
+    """Quarter turns and mirrors of the axes are read off one wider grid (any jitter first), others computed."""
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(5000, 3)) * [0.1, 0.1, 0.3]
+    preset = compact_grid(resolution=16)
+    turns = []
+    for axes in itertools.permutations(range(3)):
+        for signs in itertools.product([1.0, -1.0], repeat=3):
+            q = np.zeros((3, 3))
+            q[np.arange(3), axes] = signs
+            turns += [q, yaw_rotation(np.radians(10)) @ q]
+    turns.append(yaw_rotation(np.radians(45)))  # no quarter turn of another: a grid of its own
+    for got, turn in zip(turned_grids(preset, points, turns), turns):
+        assert np.abs(got - preset.grid(points @ turn)).max() < 1e-5

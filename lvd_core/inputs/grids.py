@@ -23,7 +23,7 @@ the vertices, both work.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -69,6 +69,46 @@ def compact_grid(resolution: int = 32, box_half_size: float = 0.6) -> GridPreset
 
 
 COMPACT_BODY = compact_grid()  # 32^3 cells of 0.0375: the shipped networks'
+
+
+def turned_grids(preset: GridPreset, points: np.ndarray, turns: list[np.ndarray]) -> list[np.ndarray]:
+    """preset.grid(points @ t) for each turn t (3, 3) of points (M, 3), the work shared: turns that differ by a
+    quarter turn or a mirror of the axes (t = base @ q, q a signed permutation) are read off one grid of
+    points @ base with one more sample on each axis, whose lattice is symmetric about the box's centre (a
+    sample s sees points @ q as s @ q.T sees the points). Turns by other angles get a grid of their own."""
+    if preset.box_min != -preset.box_max:
+        return [preset.grid(points @ t) for t in turns]
+    step = (preset.box_max - preset.box_min) / preset.resolution
+    wide_preset = replace(preset, box_max=preset.box_max + step, resolution=preset.resolution + 1)
+    bases, wide = [], []
+    grids = []
+    for turn in turns:
+        for base, base_grid in zip(bases, wide):
+            q = base.T @ turn
+            if _is_signed_permutation(q):
+                break
+        else:
+            base, q = turn, np.eye(3)
+            bases.append(base)
+            wide.append(base_grid := wide_preset.grid(points @ base))
+        grids.append(_read_turned(base_grid, np.rint(q).astype(np.int64)))
+    return grids
+
+
+def _is_signed_permutation(q: np.ndarray) -> bool:
+    """Whether q (3, 3) permutes and negates axes: one entry of +-1 per row and column, the rest 0."""
+    rounded = np.rint(q)
+    return bool(np.allclose(q, rounded, atol=1e-9) and (np.abs(rounded).sum(0) == 1).all() and (np.abs(rounded).sum(1) == 1).all())
+
+
+def _read_turned(wide: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The (C, R, R, R) grid of points @ q from the (C, R + 1, R + 1, R + 1) grid of the points on the symmetric
+    lattice: sample s's coordinate k after s @ q.T is sign_k * s[axis_k], i.e. index i[axis_k] or R - i[axis_k]."""
+    size = wide.shape[1] - 1
+    index = np.indices((size,) * 3)
+    axis, sign = np.abs(q).argmax(1), q[np.arange(3), np.abs(q).argmax(1)]
+    wide_index = [index[axis[k]] if sign[k] > 0 else size - index[axis[k]] for k in range(3)]
+    return wide[:, wide_index[0], wide_index[1], wide_index[2]]
 
 
 def grid_axes(box_min, box_max, resolution: int) -> np.ndarray:
