@@ -11,7 +11,7 @@ the descent and the fit batched (for a GPU).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +216,11 @@ def fit_scans(
     if body in EITHER_SIDE:  # hands of either side: both fitted, the one the scan supports kept
         options = dict(model_path=model_path, units=units, up=up, weights=weights, checkpoint_folder=checkpoint_folder,
                        device=device, iterations=iterations, facings=facings, refine=refine, cancel=cancel)  # fmt: skip
-        return fit_either_side(fit_scans, sources, EITHER_SIDE[body], progress, **options)
+        lap = StageTimer()
+        read_once = [_read_or_keep(source, units, up, "hand") for source in sources]  # not once per side
+        lap("load")
+        fits = fit_either_side(fit_scans, read_once, EITHER_SIDE[body], progress, **options)
+        return [fit if isinstance(fit, Exception) else replace(fit, timings={**fit.timings, "load": lap.timings["load"]}) for fit in fits]
     if weights is None and body in TRANSFERRED_BODIES:  # no network of its own: Anny's fit, then the user's model to it
         target = load_body_model(body, model_path)
         anny = fit_scans(sources, body=source_model(target), units=units, up=up, checkpoint_folder=checkpoint_folder,
@@ -232,10 +236,7 @@ def fit_scans(
     scans: dict[int, Scan] = {}
     for index, source in enumerate(sources):
         try:
-            extra = {"max_points": HAND_POINTS} if kind == "hand" else {}
-            scans[index] = load_scan(source, units=units, up=up, kind=kind, **extra)
-            if kind == "hand":  # the network reads hands ending at the wrist
-                scans[index] = without_forearm(scans[index], detect_size=units is None)
+            scans[index] = source if isinstance(source, Scan) else read_scan(source, units, up, kind)
         except ValueError as error:
             results[index] = error
     lap("load")
@@ -323,6 +324,22 @@ def fit_scans(
         if kind == "body" and not _refused(results, i, check_explained, scans[i], results[i]):  # one carrying another
             results[i] = turned_back(results[i], upright.get(i, np.eye(3)))
     return results
+
+
+def read_scan(source, units: str | None, up: str | None, kind: str) -> Scan:
+    """A scan as fit_scans reads it (a path, or (vertices, faces)): hands at HAND_POINTS surface samples and
+    without their forearm (the network reads hands ending at the wrist)."""
+    if kind != "hand":
+        return load_scan(source, units=units, up=up, kind=kind)
+    return without_forearm(load_scan(source, units=units, up=up, kind=kind, max_points=HAND_POINTS), detect_size=units is None)
+
+
+def _read_or_keep(source, units: str | None, up: str | None, kind: str):
+    """read_scan's Scan, or the source itself where it cannot be read (each fit then reports the error)."""
+    try:
+        return read_scan(source, units, up, kind)
+    except ValueError:
+        return source
 
 
 def _refused(results: list, index: int, check, *args) -> bool:

@@ -72,3 +72,18 @@ def test_only_the_shortlisted_facings_are_read_at_the_other_yaws(monkeypatch):
     assert len(calls) == 2 and len(calls[1][1][0]) == pipeline.READ_AGAIN and 0 in calls[1][1][0]
     expected = truth + shift * len(extra) / (len(extra) + 1)
     np.testing.assert_allclose(result.lvd_vertices_input, expected, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_hand_of_either_side_is_read_from_its_file_once(tmp_path, monkeypatch):
+    """Both sides are fitted to the one Scan read (and cropped) once; the load stage is reported once."""
+    if not (WEIGHTS_DIR / "anny-hand-scan" / "checkpoint.pt").exists():
+        pytest.skip("no hand network shipped")
+    import trimesh
+
+    path = tmp_path / "hand.ply"
+    trimesh.PointCloud(_hand_scan(3).points * 1000).export(path)
+    reads = []
+    monkeypatch.setattr(pipeline, "load_scan", lambda *a, **k: reads.append(a[0]) or load_scan(*a, **k))
+    result = pipeline.fit_scan(path, body="anny-hand", iterations=2, refine=False)
+    assert reads == [path] and result.body_name in ("anny-hand-left", "anny-hand-right") and result.timings["load"] > 0
