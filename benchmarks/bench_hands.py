@@ -184,12 +184,10 @@ def main() -> None:
         "",
         *real_rows(),
         "",
-        "Real hands bend towards the palm, as lvd_core.synth's hands do (the curl of the synthetic hands above); the",
-        "hand network was first trained on synthetic hands bent backwards (the palm normal's sign) and then fine-tuned,",
-        "briefly, on the corrected ones (weights/anny-hand-scan/manifest.json): its fits of the real samples bend towards",
-        "the palm, but a left hand bent forwards still has nearly the outline of a right hand with the thumb in the same",
-        "place, and two of the three samples lie a little closer as right hands (side uncertain). More training on the",
-        "corrected data is the cure in view: the fine-tune's validation error was still falling when it stopped.",
+        "Real hands bend towards the palm, as lvd_core.synth's hands do (the curl of the synthetic hands above). A left",
+        "hand bent forwards has nearly the outline of a right hand with the thumb in the same place: where the two sides'",
+        "residuals differ by less than SIDE_MARGIN, the kept side is marked uncertain (`, check`). How the hand network",
+        "was trained: weights/anny-hand-scan/manifest.json.",
         "",
     ]
     text = "\n".join(lines)
