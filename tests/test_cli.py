@@ -197,7 +197,8 @@ def test_fit_photo_writes_its_outputs_and_a_photo_preview(shared_data, tmp_path)
     assert "silhouette IoU" in stdout
     for name in ("img1.npz", "img1.json", "img1_body.obj", "img1_preview.png"):
         assert (tmp_path / name).is_file(), name
-    preview = np.asarray(Image.open(tmp_path / "img1_preview.png"))
+    with Image.open(tmp_path / "img1_preview.png") as image:
+        preview = np.asarray(image)
     photo_panel = preview[-PANEL:, :PANEL]
     assert (photo_panel == 255).all(-1).mean() < 0.5  # the photo's crop on the left, not a scan view on white
     # A photo does not tell the person's real size: the body is described without metres.

@@ -6,6 +6,11 @@ from PIL import Image
 from lvd_core.preview import BODY_COLOUR, CAPTION, PANEL, SCAN_ALPHA, SCAN_GREY, rasterise, render_photo_preview, render_preview
 
 
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).astype(float)
+
+
 def _grid_triangles(cells: int, size: float) -> np.ndarray:
     """A size x size square (pixels, from 10, 10) split into 2 * cells^2 tiny triangles: (F, 3, 2)."""
     step = size / cells
@@ -37,7 +42,7 @@ def test_the_preview_shows_the_body_front_on_and_the_scan_over_it(tmp_path):
     faces[inward] = faces[inward][:, ::-1]  # every face wound outwards
     scan = np.array([[0.0, -0.6, 0.5]])  # one point in front of the cube's centre
     path = render_preview(tmp_path / "p.png", scan_points=scan, body_vertices=cube, body_faces=faces, title="cube")
-    image = np.asarray(Image.open(path)).astype(float)
+    image = _pixels(path)
     assert image.shape == (PANEL + 2 * CAPTION, 2 * PANEL, 3)
     front = image[2 * CAPTION :, :PANEL]
     middle = front[PANEL // 2 + 5, PANEL // 2 + 5]  # on the face turned to the viewer, beside the scan point
@@ -55,7 +60,7 @@ def test_the_photo_preview_puts_the_crop_beside_the_side_view(tmp_path):
     vertices = np.array([[0, -0.1, 0], [0, 0.1, 0], [0, 0, 1.0]])
     faces = np.array([[0, 1, 2], [0, 2, 1]])
     path = render_photo_preview(tmp_path / "p.png", crop, mask, body_mask, vertices, faces)
-    image = np.asarray(Image.open(path)).astype(float)
+    image = _pixels(path)
     assert image.shape == (PANEL + CAPTION, 2 * PANEL, 3)
     photo = image[CAPTION:, :PANEL]
     assert np.abs(photo[PANEL // 2, PANEL // 2] - 0.5 * BODY_COLOUR * 255).max() <= 1  # tinted body, black photo
