@@ -121,13 +121,7 @@ class AnnyBody(BodyModel):
         empty = shape.new_zeros(shape.shape[0], 0)
         if shape.requires_grad and torch.is_grad_enabled():
             return self.anny._get_phenotype_blendshape_coefficients(shape, empty, empty)
-        key = (str(shape.device), shape.dtype, tuple(shape.shape), shape.detach().cpu().numpy().tobytes())
-        kept = self.__dict__.setdefault("_kept_coefficients", {})
-        if key not in kept:
-            if len(kept) >= 4:
-                kept.pop(next(iter(kept)))
-            kept[key] = self.anny._get_phenotype_blendshape_coefficients(shape.detach(), empty, empty)
-        return kept[key]
+        return self.kept("coefficients", lambda: self.anny._get_phenotype_blendshape_coefficients(shape.detach(), empty, empty), shape)
 
     def _rest_from_coefficients(self, coeffs: Tensor, vertex_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         from anny.skinning.skinning import apply_linear_blendshape
@@ -145,13 +139,13 @@ class AnnyBody(BodyModel):
     def _subset_blendshapes(self, vertex_ids: Tensor) -> tuple[Tensor, Tensor]:
         """The template (N, 3) and blendshapes (N * 3, K) of vertices `vertex_ids`, gathered from a vertex-major
         copy (whole rows: 10x faster than from anny's (K, V, 3) layout; the surface refinement asks for new
-        vertices every round) and kept (BodyModel.kept_for_rows)."""
+        vertices every round) and kept (BodyModel.kept)."""
         blendshapes = self.anny.blendshapes
         major = self.__dict__.get("_vertex_major_blendshapes")
         if major is None or major.device != blendshapes.device or major.dtype != blendshapes.dtype:
             major = self.__dict__["_vertex_major_blendshapes"] = blendshapes.permute(1, 2, 0).contiguous()  # (V, 3, K)
         gather = lambda: (self.anny.template_vertices[vertex_ids], major.index_select(0, vertex_ids).flatten(0, 1))  # noqa: E731
-        return self.kept_for_rows(f"blendshapes {blendshapes.dtype}", vertex_ids, gather)
+        return self.kept(f"blendshapes {blendshapes.dtype}", gather, vertex_ids)
 
     def rest_vertices(self, shape: Tensor) -> Tensor:
         return self._rest_from_coefficients(self._coefficients(shape))[0]

@@ -305,12 +305,11 @@ class BodyModel(torch.nn.Module):
             known[key] = matrix
         return known[key]
 
-    def kept_for_rows(self, what: str, vertex_ids: Tensor, make, *more: Tensor):
-        """make() for vertex rows `vertex_ids` (and any `more` index tensors), kept for the last few such sets per
-        `what`: gathering rows of the model's tables costs milliseconds, and a fit asks for the same rows hundreds
-        of times."""
-        kept = self.__dict__.setdefault("_kept_for_rows", {}).setdefault(what, {})
-        key = (str(vertex_ids.device), str(self.dtype), *(t.cpu().numpy().tobytes() for t in (vertex_ids, *more)))
+    def kept(self, what: str, make, *by: Tensor):
+        """make(), kept for the last few values of the tensors `by` per `what`: a fit asks for the same rows of the
+        model's tables (gathering them costs milliseconds) and the same shapes' coefficients hundreds of times."""
+        kept = self.__dict__.setdefault("_kept", {}).setdefault(what, {})
+        key = (str(self.dtype), *((str(t.device), t.dtype, tuple(t.shape), t.detach().cpu().numpy().tobytes()) for t in by))
         if key not in kept:
             if len(kept) >= 4:
                 kept.pop(next(iter(kept)))
@@ -352,8 +351,8 @@ class BodyModel(torch.nn.Module):
         # Each influence's transform of its vertex (B, N, I, 3), summed, weighted, over the joints below each k.
         moved_by = transforms[:, bones]  # (B, N, I, 3, 4)
         per_bone = torch.einsum("bnick,bnk->bnic", moved_by[..., :3], rest_v) + moved_by[..., 3]
-        weight_below = self.kept_for_rows(  # (N, I, K)
-            "weight_below", vertex_ids, lambda: weights[vertex_ids][..., None] * self.descendant_matrix()[joints].T[bones], joints
+        weight_below = self.kept(  # (N, I, K)
+            "weight_below", lambda: weights[vertex_ids][..., None] * self.descendant_matrix()[joints].T[bones], vertex_ids, joints
         )
         arm = per_bone.transpose(2, 3) @ weight_below  # (B, N, 3, K)
         scale = params.scale[:, :, None, None]
@@ -373,7 +372,7 @@ class BodyModel(torch.nn.Module):
         d_rest_j = (probe_j.unflatten(0, (batch, count)) - rest_j[:, None]).flatten(0, 1)  # (B*T, J, 3)
         d_heads = posed_joints(d_rest_j, rot.repeat_interleave(count, 0), self.parents, self.levels)
         d_offsets = (d_heads - (rot.repeat_interleave(count, 0) @ d_rest_j[..., None])[..., 0]).unflatten(0, (batch, count))
-        dense = self.kept_for_rows("skinning_weights", vertex_ids, lambda: self.skinning_weights[vertex_ids])  # (N, J)
+        dense = self.kept("skinning_weights", lambda: self.skinning_weights[vertex_ids], vertex_ids)  # (N, J)
         blended = torch.einsum("nj,bjk->bnk", dense, rot.flatten(2)).unflatten(-1, (3, 3))  # (B, N, 3, 3)
         d_shape = torch.einsum("bnik,btnk->bnit", blended, d_rest_v) + torch.einsum("nj,btjc->bnct", dense, d_offsets)
         return d_rotation, scale * d_shape
@@ -385,8 +384,8 @@ class BodyModel(torch.nn.Module):
         rot = global_rotations(local, self.parents, self.levels)
         joints = posed_joints(rest_j, rot, self.parents, self.levels)
         transforms = skinning_transforms(rest_j, joints, rot)
-        weights = self.skinning_weights if vertex_ids is None else self.kept_for_rows(
-            "skinning_weights", vertex_ids, lambda: self.skinning_weights[vertex_ids]
+        weights = self.skinning_weights if vertex_ids is None else self.kept(
+            "skinning_weights", lambda: self.skinning_weights[vertex_ids], vertex_ids
         )
         vertices = linear_blend_skinning(rest_v, weights, transforms)
         return BodyOutput(vertices=vertices, joints=joints, joint_rotations=rot)
