@@ -39,7 +39,7 @@ from lvd_core.clothing import outside_scan, surface_pairing  # noqa: E402
 from lvd_core.fit import refine_to_surface  # noqa: E402
 from lvd_core.measurements import body_measurements  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
-from provenance import provenance  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
@@ -211,9 +211,7 @@ def main() -> None:
         *photo_rows(body, args.photo_n),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_body_shape.md").write_text(text)
+    write_results("body_shape", lines)
 
 
 if __name__ == "__main__":

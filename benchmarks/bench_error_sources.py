@@ -28,6 +28,7 @@ from lvd_core.checkpoints import load_network, resolve_weights  # noqa: E402
 from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.inputs.frame import apply_transform  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
+from provenance import write_results  # noqa: E402
 
 PARTS = {  # joint-name prefixes of each part (Anny)
     "head and neck": ("head", "neck", "eye"),
@@ -177,9 +178,7 @@ def main() -> None:
         f"| replaced by the truth | {summary(scans, fits_with_hands_told(scans, owners, 'exact'))} |",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_error_sources.md").write_text(text)
+    write_results("error_sources", lines)
 
 
 if __name__ == "__main__":

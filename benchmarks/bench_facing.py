@@ -33,7 +33,7 @@ from lvd_core.landmarks.detect import INDEX, find_landmarks  # noqa: E402
 from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
 from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
-from provenance import provenance  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
@@ -176,9 +176,7 @@ def main() -> None:
            if real_seconds else "") + ".",  # fmt: skip
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_facing.md").write_text(text)
+    write_results("facing", lines)
 
 
 if __name__ == "__main__":

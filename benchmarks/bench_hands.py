@@ -37,7 +37,7 @@ from lvd_core.hands import EITHER_SIDE, choose_side, fingertip_curl, fit_both_si
 from lvd_core.synth import BodySampling, ScanRealism, make_scan, sample_params  # noqa: E402
 from lvd_core.synth.dataset import VALIDATION_SEED  # noqa: E402
 from lvd_core.synth.forearms import with_forearm  # noqa: E402
-from provenance import provenance  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SIDES = EITHER_SIDE["anny-hand"]
@@ -190,9 +190,7 @@ def main() -> None:
         "was trained: weights/anny-hand-scan/manifest.json.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_hands.md").write_text(text)
+    write_results("hands", lines)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from lvd_core.landmarks import regressor  # noqa: E402
 from lvd_core.landmarks.detect import find_landmarks  # noqa: E402
 from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
-from provenance import provenance  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 FAMILIES = ("arms_front", "arms_crossed", "hands_on_hips", "hands_in_pockets", "knee_raised", "sitting", "standing")
 BOX = np.array([0.26, 0.16, 0.20])  # metres: the box held in front (across, deep, high)
@@ -125,9 +125,7 @@ def main() -> None:
         *rows,
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_pose_families.md").write_text(text)
+    write_results("pose_families", lines)
 
 
 if __name__ == "__main__":

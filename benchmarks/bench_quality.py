@@ -29,6 +29,7 @@ from lvd_core.body import load_body_model  # noqa: E402
 from lvd_core.checkpoints import WEIGHTS_DIR  # noqa: E402
 from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.synth import BodySampling, ScanRealism, held_out_set  # noqa: E402
+from provenance import write_results  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 HOLEY = replace(ScanRealism.clean(), hole_count=(4, 8), hole_radius=(0.05, 0.15), missing_soles_probability=1.0,
@@ -132,9 +133,7 @@ def main() -> None:
         *real_rows(),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_quality.md").write_text(text)
+    write_results("quality", lines)
 
 
 if __name__ == "__main__":

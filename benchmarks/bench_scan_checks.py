@@ -34,7 +34,7 @@ from lvd_core.pipeline import fit_scan  # noqa: E402
 from lvd_core.scan_checks import FAR_SHARE, MAX_FAR_POINTS, check_one_figure, far_share  # noqa: E402
 from lvd_core.synth import ScanRealism, held_out_set  # noqa: E402
 from lvd_core.synth.groups import carried, side_by_side  # noqa: E402
-from provenance import provenance  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 SHARED = Path(os.environ.get("LVD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 REAL_SCAN = "scans/rp_dennis_posed_004_30k.obj"
@@ -182,9 +182,7 @@ def main() -> None:
         "single-person scans.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "benchmarks" / "results_scan_checks.md").write_text(text)
+    write_results("scan_checks", lines)
 
 
 if __name__ == "__main__":
