@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,14 +26,16 @@ from test_cli import run
 ray = pytest.importorskip("ray")
 
 FAST = ["--no-refine", "--no-export", "--no-preview", "--iterations", "2"]
-# inputs whose first fit, or every fit, kills its worker process (kill_workers_on_marked_inputs)
-KILLED_ONCE, KILLED_ALWAYS = "killed_once", "killed_always"
+# inputs whose first fit, or every fit, kills its worker process; one whose fit presses Ctrl-C in the batch
+# command (kill_workers_on_marked_inputs)
+KILLED_ONCE, KILLED_ALWAYS, PRESSES_CTRL_C = "killed_once", "killed_always", "presses_ctrl_c"
+DRIVER_PID = "LVD_TEST_DRIVER_PID"  # the tests' process, which runs the batch commands
 
 
 def kill_workers_on_marked_inputs() -> None:
     """Ray's worker_process_setup_hook: a worker about to fit an input named killed_once dies as if killed
     (SIGKILL) the first time (a marker file beside the input remembers), one about to fit killed_always every
-    time."""
+    time; one about to fit presses_ctrl_c sends SIGINT to the batch command and waits to be stopped."""
     from lvd_core import cli as worker_cli
 
     fit_quietly = worker_cli.fit_quietly
@@ -44,6 +45,9 @@ def kill_workers_on_marked_inputs() -> None:
         if Path(source).stem == KILLED_ALWAYS or (Path(source).stem == KILLED_ONCE and not marker.exists()):
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+        if Path(source).stem == PRESSES_CTRL_C:
+            os.kill(int(os.environ[DRIVER_PID]), signal.SIGINT)
+            time.sleep(120)  # a fit in flight until the batch's Ctrl-C handling kills this worker
         return fit_quietly(source, stem, settings, debug)
 
     worker_cli.fit_quietly = fit_or_die
@@ -58,7 +62,7 @@ def ray_cluster():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     source_root = str(Path(cli.__file__).resolve().parents[1])  # workers import the lvd_core under test
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             runtime_env={"env_vars": {"PYTHONPATH": source_root}, "worker_process_setup_hook": kill_workers_on_marked_inputs})  # fmt: skip
+             runtime_env={"env_vars": {"PYTHONPATH": source_root, DRIVER_PID: str(os.getpid())}, "worker_process_setup_hook": kill_workers_on_marked_inputs})  # fmt: skip
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -149,18 +153,8 @@ def is_descendant(pid: int) -> bool:
 def test_ray_batch_ctrl_c_stops_the_workers_and_writes_nothing(ray_cluster, tmp_path):
     folder = tmp_path / "scans"
     folder.mkdir()
-    for name in ("a.ply", "b.ply"):
-        shutil.copy(SAMPLE_SCAN, folder / name)
-
-    def press_ctrl_c_once_fitting() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(b"FitWorker.fit" in title for title in fit_worker_titles().values()):
-            time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=press_ctrl_c_once_fitting, daemon=True).start()
-    # Whole fits (refined): FAST's could both end between two looks for the worker, before Ctrl-C is pressed.
-    code, _, stderr = run(["batch", str(folder), "--out", str(tmp_path / "out"), "--no-export", "--no-preview", "--ray"])
+    shutil.copy(SAMPLE_SCAN, folder / f"{PRESSES_CTRL_C}.ply")  # Ctrl-C is pressed once its fit has begun
+    code, _, stderr = run(["batch", str(folder), "--out", str(tmp_path / "out"), *FAST, "--ray"])
     assert code == cli.EXIT_INTERRUPTED and stderr.strip().endswith("interrupted")
     assert list((tmp_path / "out").iterdir()) == []
     deadline = time.monotonic() + 30
