@@ -604,12 +604,14 @@ def refine_with_pairs(
     vertex_ids: Tensor | None = None,
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
+    target_weights: Tensor | None = None,
 ) -> BodyFit:
     """ICP-style rounds: each round, `pairing[b](current vertices (V, 3) numpy)` returns body vertex ids (K,)
     and their goals (K, 3) (metres, model frame) for batch item b, and optionally the pairs' weights (K,) (1 when
     absent); Levenberg-Marquardt then solves with the LVD vertices as an anchor (unit-weight pairs weigh
     `options.surface_weight` : 1 against them), robustly: every pair is one more (vertex, target) row. Items are
-    refined one at a time (their pairs differ)."""
+    refined one at a time (their pairs differ). target_weights (B, N): the LVD vertices' weights (1 when None;
+    0 drops a vertex the scan showed wrong)."""
     options = options or FitOptions()
     if vertex_ids is None:
         vertex_ids = torch.arange(body.vertex_count, device=body.device)
@@ -625,7 +627,8 @@ def refine_with_pairs(
             goals = torch.cat([targets[b], torch.as_tensor(pair_goals, dtype=body.dtype, device=body.device)])[None]
             pair_weight = options.surface_weight * len(vertex_ids) / max(len(pair_ids), 1)
             pair_weights = torch.as_tensor(pair_weights[0] if pair_weights else np.ones(len(pair_ids)), dtype=torch.float32)
-            weights = torch.cat([torch.ones(len(vertex_ids)), pair_weight * pair_weights])[None]
+            anchors = torch.ones(len(vertex_ids)) if target_weights is None else target_weights[b].cpu().float()
+            weights = torch.cat([anchors, pair_weight * pair_weights])[None]
             rows = _Goals(body, goals, ids, weights.to(body.device, body.dtype), None if landmarks is None else landmarks.item(b))
             levenberg_marquardt(
                 body, free, "full", rows, options, options.surface_steps_per_round, robust_scale(targets[b : b + 1], options)
@@ -646,6 +649,7 @@ def refine_to_surface(
     options: FitOptions | None = None,
     landmarks: LandmarkTargets | None = None,
     pairing=None,
+    target_weights: Tensor | None = None,
 ) -> BodyFit:
     """Fit the body into the scan (`refine_with_pairs`). scan_points: per batch item (M_b, 3), metres.
     pairing(body, scan (M, 3) numpy) makes each item's pairing: by default `lvd_core.clothing.clothing_pairing`
@@ -653,7 +657,7 @@ def refine_to_surface(
     if pairing is None:
         from .clothing import clothing_pairing as pairing
     pairing = [pairing(body, scan.detach().cpu().double().numpy()) for scan in scan_points]
-    return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options, landmarks)
+    return refine_with_pairs(body, fit, targets, pairing, vertex_ids, options, landmarks, target_weights)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from .inputs.grids import PAPER_BODY, PAPER_HAND, compact_grid, turned_grids
 from .inputs.scan import Scan, ScanError, load_scan
 from .landmarks.detect import Landmarks
 from .landmarks.regressor import landmark_targets
+from .limbs import search_limbs
 from .nets.compact import CompactScanLVD
 from .results import FitResult, InputError, StageTimer, report_progress
 from .scan_checks import check_explained, check_one_figure, stand_up, thinned, turned, turned_back
@@ -188,6 +189,7 @@ def fit_scans(
     facings: int | None = None,
     refine: bool = True,
     landmarks: bool = True,
+    limbs: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
 ) -> list[FitResult | Exception]:
@@ -208,8 +210,10 @@ def fit_scans(
     Y-up file, Blender's front view). landmarks=False skips the detector: the usual convention, 1 facing by
     default, no landmark targets. Hands have no usual orientation: 4 by default, each also upside down; every
     facing is read once, the READ_AGAIN likeliest (by a quick fit) also at YAW_JITTER_DEG's other yaws.
-    Body scans whose person lies or stands on their head in the file are stood up first (with `landmarks`; their
-    result is turned back, FitResult.upright_turn says how); scans of two people are refused (lvd_core.scan_checks).
+    Refined body scans have their misread limbs found again on the scan after the choice of facing
+    (lvd_core.limbs; limbs=False skips it). Body scans whose person lies or stands on their head in the file are
+    stood up first (with `landmarks`; their result is turned back, FitResult.upright_turn says how); scans of two
+    people are refused (lvd_core.scan_checks).
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled.
     """
@@ -225,7 +229,7 @@ def fit_scans(
         target = load_body_model(body, model_path)
         anny = fit_scans(sources, body=source_model(target), units=units, up=up, checkpoint_folder=checkpoint_folder,
                          device=device, iterations=iterations, facings=facings, refine=refine, landmarks=landmarks,
-                         progress=progress, cancel=cancel)  # fmt: skip
+                         limbs=limbs, progress=progress, cancel=cancel)  # fmt: skip
         return transferred(anny, target)
     lap = StageTimer()
     report_progress(progress, 0.0, "loading the scan", cancel)
@@ -316,6 +320,10 @@ def fit_scans(
             ]  # fmt: skip
         lap("refine")
     fits = {i: placed[i].choose(candidates[i]) for i in order}
+    if refine and limbs and kind == "body":
+        report_progress(progress, 0.9, "finding misread limbs on the scan", cancel)
+        fits = {i: placed[i].with_limbs_found(model, fits[i], ids) for i in order}
+        lap("limbs")
     report_progress(progress, 1.0, "done", cancel)
     size_mm = 1000 * neutral_size(model)
     for i in order:
@@ -417,13 +425,30 @@ class _ScanInModel:
         lies closest to the scan: the smallest median scan-to-body distance (the result's residual_mm; the median
         shrugs off an object held in the hand). The shortlist has already dropped the facings whose LVD vertices
         the body model cannot take (figures at SHORTLIST)."""
-        distances = [_median_distance(thinned(self.points), fit.vertices[0].detach().cpu().double().numpy()) for fit in fits]
+        distances = [self.scan_distance(fit) for fit in fits]
         k = int(np.argmin(distances))
         self.best, self.residual = self.shortlist[k], distances[k]
         return fits[k]
 
+    def scan_distance(self, fit) -> float:
+        """Metres: the median distance from the scan to the fitted body (batch 1)."""
+        return _median_distance(thinned(self.points), fit.vertices[0].detach().cpu().double().numpy())
+
     def surface_sample(self) -> torch.Tensor:
         return torch.as_tensor(self.points[self.sample], dtype=self.dtype, device=self.device)
+
+    def with_limbs_found(self, model: BodyModel, fit, ids: torch.Tensor):
+        """The chosen (refined) fit with its limbs found again on the scan (lvd_core.limbs) and, where any moved,
+        refined again without the LVD vertices of the limbs that moved. After the choice of facing: a body
+        facing the wrong way must not win it by having its limbs rearranged."""
+        found = search_limbs(model, fit.params, self.points[self.sample])
+        if not found.moved.any():
+            return fit
+        anchors = torch.as_tensor(~found.moved[self.vertex_ids], dtype=self.dtype)[None]
+        fit = refine_to_surface(model, replace(fit, params=found.params), self.targets_of(self.best), [self.surface_sample()],
+                                ids, self.options, self.landmark_targets(1), target_weights=anchors)  # fmt: skip
+        self.residual = self.scan_distance(fit)
+        return fit
 
     def result(self, model: BodyModel, fit, timings: dict, batch_size: int, doubt_mm: float,
                landmark_doubt_mm: float) -> FitResult:  # fmt: skip
