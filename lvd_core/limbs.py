@@ -1,12 +1,15 @@
 """Limbs the network misread, found again on the scan.
 
 LVD reads some poses' limbs wrong while the rest of the body is right: hands on hips come out with the forearms
-held out sideways (wrists 25 cm off, elbows within 3 cm), arms held forward come out hanging. The body fit
-follows the LVD vertices there, and the surface refinement, anchored on them, keeps the limb where it is.
-`search_limbs` turns each limb segment (upper arm, forearm, thigh, shin) about its joint to point in each of
-DIRECTIONS other directions and keeps the direction whose limb lies on the scan and covers the scan points the
-rest of the body leaves unexplained, where that beats the fitted limb by MARGIN. The refinement then drops the
-LVD vertices of the limbs that moved (`moved`).
+held out sideways (wrists 25 cm off, elbows within 3 cm), a raised knee's leg hanging. The body fit follows the
+LVD vertices there, and the surface refinement, anchored on them, keeps the limb where it is. `search_limbs`
+turns each limb segment (forearm, shin, upper arm, thigh) about its joint to point in each of DIRECTIONS
+directions (and finer around the best) and scores each placement (`Surroundings.costs`): the segment's skin on
+the scan, the hand or foot beyond it on the scan (at a lower weight), the scan points the rest of the body
+leaves unexplained covered by the limb, and the segment kept out of the body. A placement is taken only where it
+clearly beats the fitted one (MARGIN, GAIN) and the move is justified: the fitted segment lies off the scan, or
+the new one explains more of it (a forearm lying on a thigh lies on the scan wherever it lies on the thigh).
+The refinement then drops the LVD vertices of the limbs that moved (`LimbSearch.moved`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ LIMB_SEGMENTS = (
     (("upperleg01.L", "lowerleg01.L"), ("left_hip", "left_knee")),
     (("upperleg01.R", "lowerleg01.R"), ("right_hip", "right_knee")),
 )
+BEYOND_WEIGHT = 0.5  # the hand or foot beyond a segment on the scan, at this weight (its own turn is unsure)
+MAX_BEND_DEG = 150.0  # a forearm or shin bends at most this far from its upper arm or thigh
 DIRECTIONS = 48  # directions tried per segment (evenly spread over the sphere, 30 degrees apart)
 FINE_STARTS = 3  # the best directions looked at again, 6 and 12 degrees around
 PASSES = 2  # rounds over all segments: an upper arm found again lets its forearm be found again
@@ -41,12 +46,14 @@ SAMPLED_VERTICES = 100  # segment vertices scored per direction
 LOOSE_POINTS = 300  # unexplained scan points scored, at most (evenly spread over them)
 # Metres. Distances are clipped at CLIP (a limb in the air costs the same however far out); scan points farther
 # than EXPLAINED from the body without the limb are the ones the limb may cover (clothes keep most scan points
-# within a few centimetres of the body); a direction must beat the fitted one by MARGIN in the summed mean
-# distances (the limb on the scan, the scan covered, the limb inside the body)
+# within a few centimetres of the body). A placement must cost MARGIN less than the fitted one, and at most
+# GAIN of its cost: small gains add up to a limb drifting towards a held object or a coat.
 CLIP = 0.10
 EXPLAINED = 0.04
-MARGIN = 0.01
-GAIN = 0.75  # and to a share of its cost: small gains add up to a limb drifting towards a held object or a coat
+MARGIN, GAIN = 0.01, 0.75
+# A segment whose skin lies farther than OFF_SCAN from the scan, on average, is misplaced; one nearer moves only
+# if the move leaves COVERED_MORE less of the scan unexplained.
+OFF_SCAN, COVERED_MORE = 0.05, 0.005
 
 
 @dataclass
@@ -117,27 +124,36 @@ def search_limbs(body: BodyModel, params: BodyParams, scan: np.ndarray) -> LimbS
         posed = Posed.of(body, params)
         for _ in range(PASSES):
             moved_before = moved.sum()
-            for joint, end in limb_segments(body):
+            segments = limb_segments(body)
+            for joint, end in segments:
                 limb, skin = limb_vertices(body, joint), limb_vertices(body, joint, end)
-                current = (posed.joints[end] - posed.joints[joint]) / np.linalg.norm(posed.joints[end] - posed.joints[joint])
+                current = posed.direction(joint, end)
+                # the upper arm or thigh above a forearm or shin: it may not fold onto it (MAX_BEND_DEG)
+                above = [posed.direction(upper, joint) for upper, lower in segments if lower == joint]
                 # the segment's own skin lies on the scan (the hand or foot beyond it may be turned otherwise);
                 # the whole limb covers the scan points
                 own, beyond = sampled(skin), sampled(limb & ~skin)
                 ids = np.concatenate([own, beyond])
                 around = Surroundings.of(posed, limb, scan, scan_tree)
 
-                def costs(directions: np.ndarray) -> tuple[np.ndarray, BodyParams]:
+                def costs(directions: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], BodyParams]:
                     turns = torch.as_tensor(turns_towards(current, directions), dtype=params.shape.dtype, device=params.shape.device)
                     tried = turned_segment(body, params, joint, turns, posed.rotations[body.parents[joint]])
                     placed = body(tried, vertex_ids=torch.as_tensor(ids, device=body.device)).vertices.cpu().double().numpy()
-                    return around.costs(placed, len(own)), tried
+                    total, uncovered, off_scan = around.costs(placed, len(own))
+                    if above:  # (the fitted direction, first, is kept as it is)
+                        folded = directions @ above[0] < np.cos(np.radians(MAX_BEND_DEG))
+                        total = np.where(folded & (np.arange(len(directions)) > 0), np.inf, total)
+                    return (total, uncovered, off_scan), tried
 
                 coarse = np.concatenate([current[None], sphere_directions(DIRECTIONS)])
-                coarse_costs, _ = costs(coarse)
+                (coarse_costs, _, _), _ = costs(coarse)
                 fine = np.concatenate([current[None], *(nearby(d) for d in coarse[np.argsort(coarse_costs)[:FINE_STARTS]])])
-                fine_costs, tried = costs(fine)
+                (fine_costs, fine_uncovered, off_scan), tried = costs(fine)
                 best = int(np.argmin(fine_costs))
-                if fine_costs[best] < min(fine_costs[0] - MARGIN, GAIN * fine_costs[0]):
+                # a segment lying on the scan moves only to explain more of it: a forearm may lie on a thigh anywhere
+                justified = off_scan[0] > OFF_SCAN or fine_uncovered[best] < fine_uncovered[0] - COVERED_MORE
+                if justified and fine_costs[best] < min(fine_costs[0] - MARGIN, GAIN * fine_costs[0]):
                     params = tried.index(best)
                     posed = Posed.of(body, params)
                     moved |= limb
@@ -156,6 +172,11 @@ class Posed:
     rotations: torch.Tensor
     normals: np.ndarray
     areas: np.ndarray
+
+    def direction(self, joint: int, end: int) -> np.ndarray:
+        """(3,) unit vector from `joint` to `end`."""
+        offset = self.joints[end] - self.joints[joint]
+        return offset / np.linalg.norm(offset)
 
     @staticmethod
     def of(body: BodyModel, params: BodyParams) -> "Posed":
@@ -213,15 +234,17 @@ class Surroundings:
         expected = float(posed.areas[limb].sum() / posed.areas.sum()) * len(scan) * len(loose) / max(len(unexplained), 1)
         return Surroundings(scan_tree, others_tree, posed.normals[~limb], torch.as_tensor(scan[loose]), apart[loose], max(expected, 1.0))
 
-    def costs(self, placements: np.ndarray, skin: int) -> np.ndarray:
+    def costs(self, placements: np.ndarray, skin: int) -> tuple[np.ndarray, np.ndarray]:
         """(D,) cost of each placement (D, K, 3) of a limb's sampled vertices, the turned segment's own `skin`
         first, in metres: the segment's mean distance to the scan; plus the mean distance of the unexplained scan
         points to the body with this limb, over the scan points the limb would have (distances clipped at CLIP);
         plus how deep, on average, the segment lies inside the rest of the body (a shin folded onto its thigh
-        lies on the scan too)."""
+        lies on the scan too). Also (D,) the second and the first of those terms alone."""
+        off = np.minimum(self.scan_tree.query(placements.reshape(-1, 3))[0], CLIP).reshape(placements.shape[:2])
+        on_scan = off[:, :skin].mean(1)
+        beyond_on_scan = off[:, skin:].mean(1) if placements.shape[1] > skin else np.zeros(len(placements))
         segment = placements[:, :skin]
         flat = segment.reshape(-1, 3)
-        on_scan = np.minimum(self.scan_tree.query(flat)[0], CLIP).reshape(segment.shape[:2]).mean(1)
         _, nearest = self.others_tree.query(flat)
         depth = np.einsum("ki,ki->k", self.others_tree.data[nearest] - flat, self.others_normals[nearest])
         inside = np.clip(depth, 0.0, CLIP).reshape(segment.shape[:2]).mean(1)
@@ -229,4 +252,4 @@ class Surroundings:
         if len(self.loose):
             to_limb = torch.cdist(self.loose[None].expand(len(placements), -1, -1), torch.as_tensor(placements)).amin(2).numpy()
             uncovered = np.minimum(np.minimum(to_limb, self.loose_apart), CLIP).sum(1) / self.expected  # (D,)
-        return on_scan + uncovered + inside
+        return on_scan + BEYOND_WEIGHT * beyond_on_scan + uncovered + inside, uncovered, on_scan
