@@ -27,9 +27,11 @@ from .body import BodyModel, load_body_model
 from .canonical import rest_template
 from .descent import descend
 from .devices import pick_device
-from .fit import FitOptions, fit_to_vertices, refine_with_pairs
+from .fit import FitOptions, LandmarkTargets, fit_to_vertices, refine_with_pairs
 from .inputs.image import PersonCrop, crop_person, load_image, load_mask, network_image
 from .inputs.person_mask import NoPersonError, find_person
+from .landmarks.detect import INDEX, NAMES, detect_image
+from .landmarks.regressor import fit_landmarks, landmark_targets
 from .nets.compact_image import PERSON_UNITS, CompactImageLVD, photo_axes
 from .inputs.frame import apply_transform
 from .checkpoints import load_network, resolve_weights
@@ -52,6 +54,10 @@ PHOTO_FIT = FitOptions(fit_scale=True, shape_restarts=False, surface_iterations=
 # 0.80-0.92 with the silhouette refinement and 0.72-0.86 without, held-out renders 0.85-0.92; a mask covering two
 # people gives 0.32 (results_photo.md, results_reliability.md).
 DOUBT_IOU = 0.6
+# The detected landmarks' weight in a photo's refinement, as a share of a scan fit's (LANDMARK_WEIGHT): on 16
+# held-out renders the keypoints land closer in the image at 1 / 3 / 5, the silhouette's IoU drops at 5 and more
+# (results_photo.md).
+PHOTO_LANDMARK_WEIGHT = 3.0
 OUTLINE_PAIRS = 600  # outline vertices and mask outline pixels paired each round of the silhouette refinement
 
 
@@ -109,9 +115,11 @@ def predict_crop(network: CompactImageLVD, crop: PersonCrop, iterations: int, ti
 def fit_crop(
     network: CompactImageLVD, model: BodyModel, crop: PersonCrop, iterations: int = DESCENT_ITERATIONS,
     progress=None, cancel: threading.Event | None = None, timings: dict | None = None, refine: bool = True,
+    landmarks: bool = True,
 ) -> PhotoFitResult:  # fmt: skip
     """LVD and the body fit on a person crop (the part of fit_photo after the crop); refine: match the
-    silhouette to the crop's person mask."""
+    silhouette to the crop's person mask (and, with `landmarks`, the person detector's landmarks on the crop:
+    `photo_landmarks`)."""
     timings = {} if timings is None else timings
     report_progress(progress, 0.3, "predicting vertices (LVD)", cancel)
     predicted = predict_crop(network, crop, iterations, timings)
@@ -126,9 +134,14 @@ def fit_crop(
     timings["fit"] = round(time.perf_counter() - clock, 3)
     if refine:
         report_progress(progress, 0.8, "matching the silhouette to the person mask", cancel)
+        found = None
+        if landmarks:
+            clock = time.perf_counter()
+            found = photo_landmarks(model, crop, fit, input_from_model, len(vertex_ids))
+            timings["landmarks"] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
         pairing = silhouette_pairing(model, crop.mask, input_from_model)
-        fit = refine_with_pairs(model, fit, targets, [pairing], vertex_ids, options)
+        fit = refine_with_pairs(model, fit, targets, [pairing], vertex_ids, options, found)
         timings["silhouette"] = round(time.perf_counter() - clock, 3)
     vertices_model = fit.vertices[0].detach().cpu().double().numpy()
     report_progress(progress, 1.0, "done", cancel)
@@ -159,13 +172,14 @@ def fit_photo(
     device: str = "auto",
     iterations: int | None = None,
     refine: bool = True,
+    landmarks: bool = True,
     progress=None,
     cancel: threading.Event | None = None,
     **ignored,
 ) -> PhotoFitResult:
     """Fit `body` to the person in a photo: a path or (H, W, 3) uint8 RGB array; `mask` (path or (H, W)
     array, 1 on the person) or None to find the person with mediapipe; refine: match the fitted silhouette
-    to the mask.
+    to the mask, and with `landmarks` the fitted body's landmarks to those MediaPipe Pose finds on the crop.
 
     progress(fraction, message) is called between stages; setting `cancel` stops at the next stage with
     FitCancelled. Raises NoPersonError when no person is found, ImageInputError / InputError /
@@ -174,7 +188,7 @@ def fit_photo(
     if weights is None and body in TRANSFERRED_BODIES:  # no network of its own: Anny's fit, then the user's model to it
         target = load_body_model(body, ignored.get("model_path"))
         anny = fit_photo(image, mask, body=source_model(target), checkpoint_folder=checkpoint_folder, device=device,
-                         iterations=iterations, refine=refine, progress=progress, cancel=cancel)  # fmt: skip
+                         iterations=iterations, refine=refine, landmarks=landmarks, progress=progress, cancel=cancel)  # fmt: skip
         return transferred([anny], target)[0]
     lap = StageTimer()
     report_progress(progress, 0.0, "finding the person", cancel)
@@ -193,7 +207,25 @@ def fit_photo(
         raise InputError(f"the checkpoint was trained for the {network.checkpoint_metadata.get('body')} body model, not {body}")
     model = load_body_model(body, device=torch_device)
     lap("network")
-    return fit_crop(network, model, crop, iterations or DESCENT_ITERATIONS, progress, cancel, lap.timings, refine)
+    return fit_crop(network, model, crop, iterations or DESCENT_ITERATIONS, progress, cancel, lap.timings, refine, landmarks)
+
+
+def photo_landmarks(model: BodyModel, crop: PersonCrop, fit, input_from_model: np.ndarray, vertex_count: int) -> LandmarkTargets | None:
+    """The person detector's landmarks on the crop as targets for the fitted body's (lvd_core.landmarks.regressor),
+    model frame: each at its detected place in the image and at the depth the fit gives it (a photo has none).
+    None when the detector finds no person or the model has no landmark regressor."""
+    marks = detect_image(crop.image)
+    regressor = fit_landmarks(model)
+    if marks is None or regressor is None:
+        return None
+    matrix, names = regressor[0], regressor[1]
+    fitted = apply_transform(input_from_model, (matrix @ fit.vertices[0].to(matrix.dtype)).detach().cpu().double().numpy())
+    points = np.full((len(NAMES), 3), np.nan)
+    rows = [INDEX[name] for name in names]
+    points[rows, :2] = pixels_to_photo(marks[rows, :2], crop.mask.shape[0])
+    points[rows, 2] = fitted[:, 2]
+    targets = landmark_targets(model, apply_transform(np.linalg.inv(input_from_model), points), marks[:, 2], vertex_count)
+    return replace(targets, weights=PHOTO_LANDMARK_WEIGHT * targets.weights)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from lvd_core.checkpoints import load_checkpoint
 from lvd_core.inputs.image import crop_person
 from lvd_core.nets.base import diagonal_of_all_offsets
 from lvd_core.nets.compact_image import PERSON_UNITS, CompactImageLVD, PhotoFrame
-from lvd_core.photo import NoPersonError, fit_photo, silhouette_iou
+from lvd_core.inputs.frame import apply_transform
+from lvd_core.landmarks.detect import INDEX, detect_image
+from lvd_core.landmarks.regressor import fit_landmarks
+from lvd_core.photo import NoPersonError, crop_pixels, fit_photo, photo_landmarks, silhouette_iou
 from lvd_core.checkpoints import WEIGHTS_DIR
 from lvd_core.results import FitResult
 from lvd_core.synth.dataset import BodySampling
@@ -101,6 +104,26 @@ def test_silhouette_refinement_brings_the_outline_onto_the_mask(render):
     refined = fit_photo(photo.image, photo.mask, weights=WEIGHTS, device="cpu")
     assert refined.mask_iou > plain.mask_iou + 0.03  # measured 0.848 -> 0.922
     assert "silhouette" in refined.timings and "silhouette" not in plain.timings
+
+
+def test_the_photos_landmarks_are_targets_where_the_detector_sees_them(render):
+    """Each confident landmark's target lies at its detected pixel of the crop, at the fitted body's depth there."""
+    photo, crop, _ = render
+    result = fit_photo(photo.image, photo.mask, weights=WEIGHTS, device="cpu", refine=False)
+    model = load_body_model("anny")
+    with torch.no_grad():
+        fit = model(result.params.to(dtype=model.dtype))
+    targets = photo_landmarks(model, crop, fit, result.input_from_model, 1024)
+    marks = detect_image(crop.image)
+    seen = targets.weights[0].numpy() > 0
+    assert seen.sum() >= 8  # the shoulders, hips, knees and more of a person facing the camera
+    in_photo = apply_transform(result.input_from_model, targets.targets[0].double().numpy())
+    names = [INDEX[name] for name in fit_landmarks(model)[1]]
+    np.testing.assert_allclose(crop_pixels(in_photo, crop.mask.shape[0])[seen], marks[names][seen, :2], atol=1e-3)
+    fitted = apply_transform(result.input_from_model, (targets.regressor @ fit.vertices[0].to(targets.regressor.dtype)).double().numpy())
+    np.testing.assert_allclose(in_photo[seen, 2], fitted[seen, 2], atol=1e-4)
+    landmarked = fit_photo(photo.image, photo.mask, weights=WEIGHTS, device="cpu")
+    assert "landmarks" in landmarked.timings and "landmarks" not in fit_photo(photo.image, photo.mask, weights=WEIGHTS, device="cpu", landmarks=False).timings
 
 
 @needs_weights

@@ -96,19 +96,26 @@ def _pose_detector():
     return _pose
 
 
+def detect_image(rgb: np.ndarray) -> np.ndarray | None:
+    """MediaPipe Pose on one image (H, W, 3) uint8 RGB: (33, 3) each landmark's pixel column and row and its
+    visibility, or None where it finds no person."""
+    with _pose_lock, silenced():
+        found = _pose_detector().process(np.ascontiguousarray(rgb)).pose_landmarks
+    if found is None:
+        return None
+    height, width = rgb.shape[:2]
+    return np.array([(m.x * width, m.y * height, m.visibility) for m in found.landmark])
+
+
 def detect_views(views: list[View]) -> np.ndarray:
     """(K, 33, 3) per view: each landmark's horizontal coordinate (along the view's image columns) and height in
     the rendered points' frame, and its visibility; NaN rows where the view found no person."""
     out = np.full((len(views), len(NAMES), 3), np.nan)
     for k, view in enumerate(views):
-        with _pose_lock, silenced():
-            found = _pose_detector().process(np.repeat(view.image[..., None], 3, axis=2)).pose_landmarks
-        if found is None:
-            continue
-        marks = np.array([(m.x, m.y, m.visibility) for m in found.landmark])
-        size = view.image.shape[0]
-        out[k, :, 0], out[k, :, 1] = view.to_world(marks[:, 0] * size, marks[:, 1] * size)
-        out[k, :, 2] = marks[:, 2]
+        marks = detect_image(np.repeat(view.image[..., None], 3, axis=2))
+        if marks is not None:
+            out[k, :, 0], out[k, :, 1] = view.to_world(marks[:, 0], marks[:, 1])
+            out[k, :, 2] = marks[:, 2]
     return out
 
 
