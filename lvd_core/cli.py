@@ -92,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="facings about the up axis LVD tries (default: bodies 1 from the person's facing the landmarks "
                             "find, 4 when no person is found; hands 4, each also upside down)")  # fmt: skip
     group.add_argument("--no-landmarks", dest="landmarks", action="store_false",
-                       help="skip the person detector on rendered views of body scans (their facing is then assumed: "
-                            "+Z in a Y-up file, -Y in a Z-up one)")  # fmt: skip
+                       help="skip the person detector (MediaPipe Pose): on rendered views of body scans (their facing is "
+                            "then assumed: +Z in a Y-up file, -Y in a Z-up one) and on photos (its landmarks in the "
+                            "silhouette refinement)")  # fmt: skip
+    group.add_argument("--no-limb-search", dest="limbs", action="store_false",
+                       help="keep body scans' limbs where the network reads them (by default, after the refinement, "
+                            "misread limbs are found again on the scan and the body refined once more)")  # fmt: skip
     group.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="output folder (default: out)")
     group.add_argument("--no-export", dest="export", action="store_false", help="skip the rigged .glb/.fbx (needs Blender's bpy)")
     group.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True, help="write <name>_preview.png")
@@ -172,7 +176,8 @@ def positive_int(text: str) -> int:
 
 
 def fit_settings(args) -> FitSettings:
-    options = dict(body=args.body, device=args.device, units=args.units, up=args.up, refine=args.refine, landmarks=args.landmarks)
+    options = dict(body=args.body, device=args.device, units=args.units, up=args.up, refine=args.refine, landmarks=args.landmarks,
+                   limbs=args.limbs)  # fmt: skip
     optional = dict(model_path=args.model_file, weights=args.weights, iterations=args.iterations, facings=args.facings)
     options.update({name: value for name, value in optional.items() if value is not None})
     return FitSettings(args.out, options, args.export, args.preview)

@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 
 from lvd_core import pipeline
 from lvd_core.body import load_body_model
-from lvd_core.cli import SAMPLE_SCAN, build_parser, main, rigged_export_unavailable, sample_truth_error_mm, train_config
+from lvd_core.cli import SAMPLE_SCAN, build_parser, fit_settings, main, rigged_export_unavailable, sample_truth_error_mm, train_config
 from lvd_core.measurements import describe, fit_description
 from lvd_core.preview import PANEL
 
@@ -275,6 +275,18 @@ def test_train_options_become_the_config(tmp_path):
 
     for precision in PRECISIONS:  # the CLI spells out the choices: they must stay the same
         assert train_config(build_parser().parse_args(["train", "--precision", precision])).precision == precision
+
+
+def test_fit_options_become_the_pipelines_keywords():
+    default = fit_settings(build_parser().parse_args(["fit", "scan.ply"])).fit_options
+    assert (default["refine"], default["landmarks"], default["limbs"]) == (True, True, True)
+    turned_off = fit_settings(build_parser().parse_args(["fit", "scan.ply", "--no-refine", "--no-landmarks", "--no-limb-search"]))
+    assert {name: turned_off.fit_options[name] for name in ("refine", "landmarks", "limbs")} == dict(refine=False, landmarks=False, limbs=False)
+    import inspect
+
+    from lvd_core.pipeline import fit_scans
+
+    assert set(default) <= set(inspect.signature(fit_scans).parameters)  # every option is one fit_scans takes
 
 
 @pytest.mark.slow
