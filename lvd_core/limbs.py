@@ -41,6 +41,7 @@ BEYOND_WEIGHT = 0.5  # the hand or foot beyond a segment on the scan, at this we
 MAX_BEND_DEG = 150.0  # a forearm or shin bends at most this far from its upper arm or thigh
 DIRECTIONS = 48  # directions tried per segment (evenly spread over the sphere, 30 degrees apart)
 FINE_STARTS = 3  # the best directions looked at again, 6 and 12 degrees around
+HOPELESS = 0.9  # ... unless the best costs more than this share of the fitted one's: a move needs GAIN, far less
 PASSES = 2  # rounds over all segments: an upper arm found again lets its forearm be found again
 SAMPLED_VERTICES = 100  # segment vertices scored per direction
 LOOSE_POINTS = 300  # unexplained scan points scored, at most (evenly spread over them)
@@ -148,6 +149,8 @@ def search_limbs(body: BodyModel, params: BodyParams, scan: np.ndarray) -> LimbS
 
                 coarse = np.concatenate([current[None], sphere_directions(DIRECTIONS)])
                 (coarse_costs, _, _), _ = costs(coarse)
+                if coarse_costs.min() > HOPELESS * coarse_costs[0]:  # nothing near a move: the limb stays
+                    continue
                 fine = np.concatenate([current[None], *(nearby(d) for d in coarse[np.argsort(coarse_costs)[:FINE_STARTS]])])
                 (fine_costs, fine_uncovered, off_scan), tried = costs(fine)
                 best = int(np.argmin(fine_costs))
@@ -232,7 +235,8 @@ class Surroundings:
         unexplained = np.flatnonzero(apart > EXPLAINED)
         loose = unexplained[:: -(-len(unexplained) // LOOSE_POINTS)] if len(unexplained) else unexplained
         expected = float(posed.areas[limb].sum() / posed.areas.sum()) * len(scan) * len(loose) / max(len(unexplained), 1)
-        return Surroundings(scan_tree, others_tree, posed.normals[~limb], torch.as_tensor(scan[loose]), apart[loose], max(expected, 1.0))
+        loose_points = torch.as_tensor(scan[loose], dtype=torch.float32)
+        return Surroundings(scan_tree, others_tree, posed.normals[~limb], loose_points, apart[loose], max(expected, 1.0))
 
     def costs(self, placements: np.ndarray, skin: int) -> tuple[np.ndarray, np.ndarray]:
         """(D,) cost of each placement (D, K, 3) of a limb's sampled vertices, the turned segment's own `skin`
@@ -250,6 +254,7 @@ class Surroundings:
         inside = np.clip(depth, 0.0, CLIP).reshape(segment.shape[:2]).mean(1)
         uncovered = np.zeros(len(placements))
         if len(self.loose):
-            to_limb = torch.cdist(self.loose[None].expand(len(placements), -1, -1), torch.as_tensor(placements)).amin(2).numpy()
+            limbs = torch.as_tensor(placements, dtype=torch.float32)  # millimetres are plenty
+            to_limb = torch.cdist(self.loose[None].expand(len(placements), -1, -1), limbs).amin(2).double().numpy()
             uncovered = np.minimum(np.minimum(to_limb, self.loose_apart), CLIP).sum(1) / self.expected  # (D,)
         return on_scan + BEYOND_WEIGHT * beyond_on_scan + uncovered + inside, uncovered, on_scan
