@@ -58,6 +58,26 @@ def test_a_body_that_lies_on_its_scan_is_left_as_it_is(anny, hands_on_hips):
     torch.testing.assert_close(found.params.joint_pose, truth.joint_pose)
 
 
+def test_an_smpl_forearm_is_found_again_through_the_same_interface(tmp_path):
+    """The SMPL stand-in (official file format, crude geometry) in its rest pose, its left forearm turned 92 degrees."""
+    smpl = load_body_model("smpl", write_npz(make_model_arrays("smpl"), tmp_path / "SMPL_NEUTRAL.npz"))
+    rest = smpl.zero_params(1)
+    with torch.no_grad():
+        vertices = smpl(rest).vertices[0].double().numpy()
+        parent_rotation = smpl(rest).joint_rotations[0, smpl.parents[joint(smpl, "left_elbow")]]
+    scan = vertices[np.random.default_rng(0).choice(len(vertices), 4000, replace=False)]
+    turned = turned_segment(smpl, rest, joint(smpl, "left_elbow"), torch.tensor([[0.0, 0.0, 1.6]], dtype=rest.shape.dtype), parent_rotation)
+
+    def wrist_off(params) -> float:
+        with torch.no_grad():
+            return float((smpl(params).joints[0] - smpl(rest).joints[0])[joint(smpl, "left_wrist")].norm())
+
+    assert wrist_off(turned) > 0.3
+    found = search_limbs(smpl, turned, scan)
+    assert wrist_off(found.params) < 0.02
+    assert (found.moved == limb_vertices(smpl, joint(smpl, "left_elbow"))).all()
+
+
 def test_bodies_have_their_eight_limb_segments_and_hands_none(anny, tmp_path):
     smpl = load_body_model("smpl", write_npz(make_model_arrays("smpl"), tmp_path / "SMPL_NEUTRAL.npz"))
     for body in (anny, smpl):
