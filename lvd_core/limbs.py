@@ -1,10 +1,10 @@
 """Limbs the network misread, found again on the scan.
 
 LVD reads some poses' limbs wrong while the rest of the body is right: hands on hips come out with the forearms
-held out sideways (wrists 25 cm off, elbows within 3 cm), a raised knee's leg hanging. The body fit follows the
-LVD vertices there, and the surface refinement, anchored on them, keeps the limb where it is. `search_limbs`
-turns each limb segment (forearm, shin, upper arm, thigh) about its joint to point in each of DIRECTIONS
-directions (and finer around the best) and scores each placement (`Surroundings.costs`): the segment's skin on
+held out sideways (wrists 25 cm off, elbows within 3 cm). The body fit follows the LVD vertices there, and the
+surface refinement, anchored on them, keeps the limb where it is. `search_limbs` turns each limb segment
+(forearm, shin, upper arm, thigh) about its joint to point in each of DIRECTIONS directions (and finer around the
+best) and scores each placement (`Surroundings.costs`): the segment's skin on
 the scan, the hand or foot beyond it on the scan (at a lower weight), the scan points the rest of the body
 leaves unexplained covered by the limb, and the segment kept out of the body. A placement is taken only where it
 clearly beats the fitted one (MARGIN, GAIN) and the move is justified: the fitted segment lies off the scan, or
