@@ -121,11 +121,11 @@ def search_limbs(body: BodyModel, params: BodyParams, scan: np.ndarray) -> LimbS
     at a time (see the module's docstring). params: batch 1."""
     scan_tree = cKDTree(scan)
     moved = np.zeros(body.vertex_count, dtype=bool)
+    segments = limb_segments(body)
     with torch.no_grad():
         posed = Posed.of(body, params)
         for _ in range(PASSES):
-            moved_before = moved.sum()
-            segments = limb_segments(body)
+            turned_any = False
             for joint, end in segments:
                 limb, skin = limb_vertices(body, joint), limb_vertices(body, joint, end)
                 current = posed.direction(joint, end)
@@ -160,7 +160,8 @@ def search_limbs(body: BodyModel, params: BodyParams, scan: np.ndarray) -> LimbS
                     params = tried.index(best)
                     posed = Posed.of(body, params)
                     moved |= limb
-            if moved.sum() == moved_before:  # nothing moved: another pass would find the same
+                    turned_any = True
+            if not turned_any:  # another pass would find the same
                 break
     return LimbSearch(params, moved)
 
